@@ -1,0 +1,208 @@
+"""The one training loop every model here uses: classifiers, PixelCNN++ inversion models, MSE decoders.
+
+What it guarantees, so callers need not:
+- Resumable. All state (weights, optimiser, step, best score, history) is written atomically to
+  ``workdir/state.pt`` every ``checkpoint_every`` steps and at the end; a rerun with the same workdir
+  continues from there. Batches are a pure function of (seed, step), so a resumed run sees exactly the
+  batches an uninterrupted run would have.
+- Snapshots of the weights at requested step counts (``snapshot_steps``; §5.3 needs 0, 1e2, ... 1e5),
+  written to ``workdir/step_<k>.pt``.
+- Early stopping on a validation score (higher is better) with the best weights kept in
+  ``workdir/best.pt``.
+- Progress through tqdm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_decay: float = 1.0  # multiplicative, applied after every step
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    eval_every: int = 0  # 0: never evaluate
+    patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
+    checkpoint_every: int = 500
+    snapshot_steps: tuple[int, ...] = ()
+    grad_clip: float = 0.0  # 0: off
+    bf16: bool = False  # autocast matmuls/convs to bfloat16 (loss stays float32)
+    seed: int = 0
+    progress: bool = True
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same directory, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of the batch used at ``step``: epochs are seeded permutations, so this is resumable."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, offset = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[offset * batch_size : (offset + 1) * batch_size]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int  # steps taken in total
+    best_score: float  # best validation score (nan when never evaluated)
+    best_step: int
+    history: list[dict]  # one row per evaluation: {"step", "loss", "score", ...}
+    stopped_early: bool
+    seconds: float  # wall time of all sessions of this run, resumed ones included
+
+
+def fit(
+    model: torch.nn.Module,
+    loss_fn: Callable[[torch.nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    data: Sequence[torch.Tensor],
+    cfg: TrainConfig,
+    workdir: str | os.PathLike,
+    eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+    on_start: Callable[[torch.nn.Module, Sequence[torch.Tensor]], None] | None = None,
+    device: str | torch.device | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` to minimise ``loss_fn(model, batch)`` over ``data`` (tensors sharing dim 0).
+
+    ``eval_fn(model)`` returns a dict with a ``"score"`` (higher is better) and any other metrics to log;
+    it is called every ``cfg.eval_every`` steps with the model in eval mode. ``on_start(model, batch)``
+    runs once on the first batch of a fresh run (weight norm's data-dependent init uses it).
+    The batch tensors are moved to ``device`` (default: the model's).
+    """
+    if cfg.steps < 0:
+        raise ValueError(f"steps must be >= 0, got {cfg.steps}")
+    n = len(data[0])
+    if any(len(t) != n for t in data):
+        raise ValueError(f"all data tensors must share their first dimension; got {[len(t) for t in data]}")
+    if n == 0:
+        raise ValueError("no training data")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_decay**s)
+    state_path = workdir / "state.pt"
+    state = dict(step=0, best_score=-math.inf, best_step=-1, history=[], evals_since_best=0, seconds=0.0)
+    if state_path.exists():
+        saved = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state = saved["progress"]
+
+    def batch_at(step):
+        idx = batch_indices(n, cfg.batch_size, step, cfg.seed)
+        return [t[idx].to(device, non_blocking=True) for t in data]
+
+    def save_state():
+        atomic_save(
+            dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                 progress=state, config=dataclasses.asdict(cfg)),
+            state_path,
+        )
+
+    def evaluate(loss_value):
+        model.eval()
+        with torch.no_grad():
+            metrics = dict(eval_fn(model))
+        model.train()
+        row = dict(step=state["step"], loss=loss_value, **metrics)
+        state["history"].append(row)
+        if metrics["score"] > state["best_score"]:
+            state.update(best_score=float(metrics["score"]), best_step=state["step"], evals_since_best=0)
+            atomic_save(model.state_dict(), workdir / "best.pt")
+        else:
+            state["evals_since_best"] += 1
+        return row
+
+    if state["step"] == 0 and on_start is not None:
+        torch.manual_seed(cfg.seed)
+        with torch.no_grad():
+            on_start(model, batch_at(0))
+    if state["step"] == 0 and 0 in cfg.snapshot_steps:
+        atomic_save(model.state_dict(), workdir / "step_0.pt")
+
+    stopped_early = state.get("stopped_early", False)
+    t0 = time.perf_counter() - state["seconds"]
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc=desc, disable=not cfg.progress, leave=False)
+    last_loss = float("nan")
+    while state["step"] < cfg.steps and not stopped_early:
+        step = state["step"]
+        # Dropout noise depends on (seed, step) only, so a resumed run matches an uninterrupted one.
+        torch.manual_seed(cfg.seed * 7919 + step)
+        batch = batch_at(step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = loss_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; last good state is in {state_path}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        state["step"] = step + 1
+        last_loss = loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4g}")
+        if state["step"] in cfg.snapshot_steps:
+            atomic_save(model.state_dict(), workdir / f"step_{state['step']}.pt")
+        if eval_fn is not None and cfg.eval_every and state["step"] % cfg.eval_every == 0:
+            evaluate(last_loss)
+            if cfg.patience and state["evals_since_best"] >= cfg.patience:
+                stopped_early = True
+                state["stopped_early"] = True
+        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps or stopped_early:
+            state["seconds"] = time.perf_counter() - t0
+            save_state()
+    bar.close()
+    if eval_fn is not None and (not state["history"] or state["history"][-1]["step"] != state["step"]):
+        evaluate(last_loss)
+    state["seconds"] = time.perf_counter() - t0
+    save_state()
+    return TrainResult(
+        step=state["step"],
+        best_score=state["best_score"] if state["best_step"] >= 0 else float("nan"),
+        best_step=state["best_step"],
+        history=state["history"],
+        stopped_early=stopped_early,
+        seconds=state["seconds"],
+    )
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load a state dict saved by ``fit`` (best.pt, step_<k>.pt, or the model inside state.pt)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; train first (inversion.training.fit writes it)")
+    saved = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    model.load_state_dict(saved["model"] if "optimizer" in saved else saved)
+    return model

@@ -1,0 +1,396 @@
+"""Conditional PixelCNN++: causality, normalisation, sampling, conditioning, numerics, input checks."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from inversion.pixelcnn import PixelCNNpp, _WeightNormed
+
+CASES = [("softmax", 1), ("softmax", 3), ("logistic_mixture", 3), ("logistic_mixture", 1)]
+CONTEXTS = [None, (5,), (4, 3, 3)]
+
+
+def make_model(likelihood, C, context_shape, H=7, W=6, dtype=torch.float64, seed=0, n_filters=8):
+    """A small model whose every part is non-trivial: data-initialised, random channel tables, random output."""
+    torch.manual_seed(seed)
+    m = PixelCNNpp((C, H, W), context_shape, n_filters=n_filters, n_resnet=1, likelihood=likelihood, n_mixtures=3)
+    m = m.to(dtype).eval()
+    x = torch.randint(0, 256, (16, C, H, W), dtype=torch.uint8)
+    h = random_context(context_shape, 16, dtype)
+    m.data_init(x, h)
+    with torch.no_grad():
+        if likelihood == "softmax" and C > 1:
+            m.channel_tables.normal_(0, 1.0)
+        m.out.g.mul_(20.0)  # sharper distributions make dependence on the inputs visible
+    return m
+
+
+def random_context(context_shape, n, dtype=torch.float64):
+    return None if context_shape is None else torch.randn(n, *context_shape, dtype=dtype)
+
+
+def raster(t):
+    """[N, C, H, W] -> [N, D] in sampling order: pixels in raster order, channels inside a pixel."""
+    return t.permute(0, 2, 3, 1).reshape(len(t), -1)
+
+
+def unraster(t, shape):
+    C, H, W = shape
+    return t.reshape(len(t), H, W, C).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("likelihood,C", CASES)
+@pytest.mark.parametrize("context_shape", CONTEXTS)
+def test_causality_exact(likelihood, C, context_shape):
+    """log p(x_k | x_<k) is bit-for-bit unchanged when any sub-pixel after k changes, for every cut k."""
+    shape = (C, 7, 6)
+    m = make_model(likelihood, C, context_shape)
+    g = torch.Generator().manual_seed(1)
+    x0 = raster(torch.randint(0, 256, (1, *shape), generator=g))
+    D = x0.shape[1]
+    batch = x0.repeat(D, 1)
+    later = torch.arange(D)[None, :] > torch.arange(D)[:, None]  # row k: sub-pixels after k
+    batch[later] = (batch[later] + torch.randint(1, 256, (int(later.sum()),), generator=g)) % 256
+    h = random_context(context_shape, 1).repeat(D, *([1] * len(context_shape or ()))) if context_shape else None
+    with torch.no_grad():
+        lp = raster(m.log_prob(unraster(batch, shape).to(torch.uint8), h, reduce=False))
+        # The reference is the unperturbed image in a batch of the same size: conv kernels may
+        # block a batch differently by its size, which moves the last bits of every result.
+        lp0 = raster(m.log_prob(unraster(x0.repeat(D, 1), shape).to(torch.uint8), h, reduce=False))
+    earlier_or_same = ~later
+    diff = (lp - lp0).abs()
+    assert diff[earlier_or_same].max().item() == 0.0
+    # The test is not vacuous: changing the later sub-pixels does change their own log-probs.
+    assert (diff[later] > 1e-6).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("likelihood,C", CASES)
+def test_prefix_dependence_is_real(likelihood, C):
+    """The flip side of causality: the last sub-pixel's conditional depends on the first sub-pixel."""
+    shape = (C, 5, 5)
+    m = make_model(likelihood, C, None, *shape[1:])
+    x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
+    x[1] = x[0]
+    x[1, 0, 0, 0] = (int(x[0, 0, 0, 0]) + 128) % 256
+    with torch.no_grad():
+        lp = m.log_prob(x, reduce=False)
+    assert (lp[0, -1, -1, -1] - lp[1, -1, -1, -1]).abs() > 1e-6
+
+
+@pytest.mark.parametrize("likelihood,C", CASES)
+@pytest.mark.parametrize("context_shape", [None, (5,)])
+def test_normalisation(likelihood, C, context_shape):
+    """With the prefix fixed, the 256 values of a sub-pixel have probabilities summing to 1."""
+    shape = (C, 5, 4)
+    m = make_model(likelihood, C, context_shape, *shape[1:])
+    x0 = raster(torch.randint(0, 256, (1, *shape)))
+    D = x0.shape[1]
+    h = random_context(context_shape, 1)
+    for k in sorted({0, 1, C - 1, D // 2, D - 1}):
+        batch = x0.repeat(256, 1)
+        batch[:, k] = torch.arange(256)
+        hk = None if h is None else h.repeat(256, 1)
+        with torch.no_grad():
+            lp = raster(m.log_prob(unraster(batch, shape).to(torch.uint8), hk, reduce=False))[:, k]
+        assert torch.isfinite(lp).all()
+        assert abs(torch.logsumexp(lp, 0).exp().item() - 1.0) < 1e-6
+
+
+def brute_force_mixture_probs(m, x, pos):
+    """P(x_c = v | x_<c, earlier pixels) for v = 0..255 at pixel ``pos``, from plain sigmoid differences."""
+    i, j = pos
+    with torch.no_grad():
+        out = m.forward(m._scale(x), None)[:, :, i, j]
+    K, C = m.n_mixtures, m.image_shape[0]
+    logits = out[0, :K]
+    p = out[0, K:].reshape(K, 2 * C + C * (C - 1) // 2)
+    mu, log_s, coeff = p[:, :C], p[:, C : 2 * C].clamp(min=-7), torch.tanh(p[:, 2 * C :])
+    xs = x[0, :, i, j].double() / 127.5 - 1
+    v = torch.arange(256, dtype=torch.float64) / 127.5 - 1
+    upper = torch.where(torch.arange(256) == 255, torch.tensor(math.inf, dtype=torch.float64), v + 1 / 255)
+    lower = torch.where(torch.arange(256) == 0, torch.tensor(-math.inf, dtype=torch.float64), v - 1 / 255)
+    weights = torch.softmax(logits, 0)
+    result = []
+    for c in range(C):
+        mean = mu[:, c].clone()
+        pair = c * (c - 1) // 2
+        for jj in range(c):
+            mean = mean + coeff[:, pair + jj] * xs[jj]
+        s = torch.exp(log_s[:, c])
+        mass = torch.sigmoid((upper[None] - mean[:, None]) / s[:, None]) - torch.sigmoid((lower[None] - mean[:, None]) / s[:, None])
+        result.append((weights[:, None] * mass).sum(0) / weights.sum())
+        # posterior weights of the components after seeing this channel's true value
+        weights = weights * mass[:, int(x[0, c, i, j])]
+    return result
+
+
+@pytest.mark.parametrize("C", [1, 3])
+def test_logistic_mixture_matches_brute_force_cdf(C):
+    shape = (C, 4, 4)
+    m = make_model("logistic_mixture", C, None, *shape[1:])
+    x = torch.randint(0, 256, (1, *shape), dtype=torch.uint8)
+    x[0, 0, 2, 1] = 0  # an edge value at one pixel, the other edge at another
+    x[0, -1, 3, 3] = 255
+    with torch.no_grad():
+        lp = m.log_prob(x, reduce=False)
+    for pos in [(0, 0), (2, 1), (3, 3)]:
+        probs = brute_force_mixture_probs(m, x, pos)
+        for c in range(C):
+            assert abs(probs[c].sum().item() - 1) < 1e-9
+            expected = torch.log(probs[c][int(x[0, c, pos[0], pos[1]])])
+            assert torch.allclose(lp[0, c, pos[0], pos[1]], expected, rtol=1e-9, atol=1e-9)
+
+
+def test_logistic_mixture_extremes_finite_and_precise():
+    """Tiny bin masses, edge bins and huge scales: finite values and gradients, float32 close to float64."""
+    m = PixelCNNpp((1, 1, 4), None, n_filters=4, n_resnet=1, likelihood="logistic_mixture", n_mixtures=1)
+    x = torch.tensor([[[[0, 255, 128, 3]]]])
+    # one component per pixel: (logit, mean, log_scale)
+    params = torch.tensor([[0.0, 0.99, -7.0], [0.0, -0.99, -7.0], [0.0, -1.0, -7.0], [0.0, 0.0, 30.0]])
+    out64 = params.T.reshape(1, 3, 1, 4).double().requires_grad_(True)
+    lp64 = m._mixture_log_prob(out64, x)
+    lp32 = m._mixture_log_prob(out64.detach().float(), x)
+    assert torch.isfinite(lp64).all() and torch.isfinite(lp32).all()
+    lp64.sum().backward()
+    assert torch.isfinite(out64.grad).all()
+    # Every value far out in a tail: magnitudes of ~1e3 nats, computed without cancellation.
+    assert (lp64[0, 0, 0, :3] < -500).all()
+    assert torch.allclose(lp32.double(), lp64.detach(), rtol=1e-5, atol=1e-3)
+    # A very wide logistic: the bin mass is ~ density x width, tiny but accurate.
+    s = math.exp(30.0)
+    v = 3 / 127.5 - 1
+    # mass = sigmoid((v + 1/255)/s) - sigmoid((v - 1/255)/s) = sigmoid'(~0) * (2/255)/s to ~1e-26 here
+    exact = math.log(0.25 * 2 / 255 / s)
+    assert abs(lp64[0, 0, 0, 3].item() - exact) < 1e-9
+
+
+def test_weight_norm_data_init_statistics():
+    """After data_init on a batch, each weight-normed layer's outputs on it have mean 0, std init_scale."""
+    torch.manual_seed(0)
+    m = PixelCNNpp((1, 8, 8), (6,), n_filters=8, n_resnet=1, likelihood="softmax").double().eval()
+    x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    h = torch.randn(32, 6, dtype=torch.float64) * 5 + 3
+    m.data_init(x, h)
+    outputs = {}
+    hooks = [mod.register_forward_hook(lambda mod, inp, out: outputs.__setitem__(mod, out))
+             for mod in m.modules() if isinstance(mod, _WeightNormed)]
+    with torch.no_grad():
+        m.log_prob(x, h)
+    for hk in hooks:
+        hk.remove()
+    assert len(outputs) > 20
+    for mod, out in outputs.items():
+        dims = [d for d in range(out.dim()) if d != 1]
+        assert out.mean(dims).abs().max() < 1e-8
+        assert (out.std(dims, unbiased=False) - mod.init_scale).abs().max() < 1e-6 * max(1, mod.init_scale)
+
+
+@pytest.mark.parametrize("likelihood,C", CASES)
+@pytest.mark.parametrize("context_shape", CONTEXTS)
+def test_fixed_point_sampler_equals_naive(likelihood, C, context_shape):
+    """The whole-image fixed-point sampler returns bit-identical images to the per-pixel one (float64)."""
+    m = make_model(likelihood, C, context_shape, 5, 4)
+    g = torch.Generator().manual_seed(3)
+    noise = m.draw_noise(6, g)
+    h = random_context(context_shape, 6)
+    a = m.sample(h, n=6, noise=noise, method="naive")
+    b = m.sample(h, n=6, noise=noise, method="fixed_point")
+    assert a.dtype == torch.uint8 and a.shape == (6, C, 5, 4)
+    assert torch.equal(a, b)
+    assert len(torch.unique(a)) > 10  # not a degenerate all-equal image
+
+
+def chi_square_pvalue(observed_values, probs, min_expected=5.0):
+    """Pearson chi-square of integer observations against probabilities over 0..255, pooling rare values."""
+    n = len(observed_values)
+    counts = np.bincount(observed_values, minlength=256).astype(float)
+    expected = probs * n
+    order = np.argsort(expected)[::-1]
+    obs_bins, exp_bins, acc_o, acc_e = [], [], 0.0, 0.0
+    for idx in order:
+        acc_o += counts[idx]
+        acc_e += expected[idx]
+        if acc_e >= min_expected:
+            obs_bins.append(acc_o), exp_bins.append(acc_e)
+            acc_o = acc_e = 0.0
+    if acc_e > 0:
+        obs_bins[-1] += acc_o
+        exp_bins[-1] += acc_e
+    return stats.chisquare(obs_bins, exp_bins).pvalue, len(obs_bins)
+
+
+@pytest.mark.parametrize("likelihood,C", [("softmax", 1), ("softmax", 3), ("logistic_mixture", 3)])
+def test_samples_follow_log_prob(likelihood, C):
+    """Chi-square: the empirical frequencies of sampled sub-pixels match the probabilities log_prob gives."""
+    shape = (C, 2, 2)
+    m = make_model(likelihood, C, None, *shape[1:], seed=4)
+    with torch.no_grad():
+        m.out.g.mul_(0.1)  # back to moderately spread distributions
+    n = 6000
+    samples = m.sample(n=n, generator=torch.Generator().manual_seed(5))
+    # First sub-pixel: its probabilities need no prefix.
+    base = torch.zeros(256, *shape, dtype=torch.uint8)
+    base[:, 0, 0, 0] = torch.arange(256, dtype=torch.uint8)
+    with torch.no_grad():
+        p0 = m.log_prob(base, reduce=False)[:, 0, 0, 0].exp().numpy()
+    pval, bins = chi_square_pvalue(samples[:, 0, 0, 0].long().numpy(), p0)
+    assert bins >= 10 and pval > 1e-3
+    if C > 1:
+        # Second channel of the first pixel: its marginal sums over the first channel's 256 values.
+        grid = torch.zeros(256 * 256, *shape, dtype=torch.uint8)
+        grid[:, 0, 0, 0] = torch.arange(256).repeat_interleave(256).to(torch.uint8)
+        grid[:, 1, 0, 0] = torch.arange(256).repeat(256).to(torch.uint8)
+        with torch.no_grad():
+            lp = m.log_prob(grid, reduce=False)
+        joint = (lp[:, 0, 0, 0] + lp[:, 1, 0, 0]).exp().reshape(256, 256)
+        pval, bins = chi_square_pvalue(samples[:, 1, 0, 0].long().numpy(), joint.sum(0).numpy())
+        assert bins >= 10 and pval > 1e-3
+    # Last sub-pixel given each sample's own prefix: randomised probability integral transform is uniform.
+    k = 400
+    cand = samples[:k].repeat_interleave(256, 0)
+    cand[:, -1, -1, -1] = torch.arange(256, dtype=torch.uint8).repeat(k)
+    with torch.no_grad():
+        p_last = m.log_prob(cand, reduce=False)[:, -1, -1, -1].exp().reshape(k, 256).numpy()
+    v = samples[:k, -1, -1, -1].long().numpy()
+    cdf_below = np.array([p_last[i, : v[i]].sum() for i in range(k)])
+    pit = cdf_below + np.random.default_rng(0).uniform(size=k) * p_last[np.arange(k), v]
+    assert stats.kstest(pit, "uniform").pvalue > 1e-3
+
+
+def test_float32_agrees_with_float64():
+    for likelihood, C in CASES:
+        m64 = make_model(likelihood, C, (5,), 6, 6)
+        m32 = make_model(likelihood, C, (5,), 6, 6)
+        m32.load_state_dict(m64.state_dict())
+        m32 = m32.float()
+        x = torch.randint(0, 256, (4, C, 6, 6), dtype=torch.uint8)
+        h = torch.randn(4, 5, dtype=torch.float64)
+        with torch.no_grad():
+            a, b = m64.log_prob(x, h), m32.log_prob(x, h.float())
+        assert b.dtype == torch.float32 and torch.isfinite(b).all()
+        assert torch.allclose(a, b.double(), rtol=1e-5, atol=1e-3), (likelihood, C, a, b)
+
+
+def test_bf16_autocast_close_to_float32():
+    m = make_model("logistic_mixture", 3, (5,), 6, 6, dtype=torch.float32)
+    x = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8)
+    h = torch.randn(4, 5)
+    with torch.no_grad():
+        ref = m.log_prob(x, h)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = m.log_prob(x, h)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert ((low - ref).abs() / ref.abs()).max() < 0.05
+
+
+def test_fresh_model_works_without_init_call():
+    m = PixelCNNpp((1, 6, 6), (3,), n_filters=8, n_resnet=1)
+    h = torch.randn(2, 3)
+    lp = m.log_prob(torch.zeros(2, 1, 6, 6, dtype=torch.uint8), h)
+    assert lp.shape == (2,) and torch.isfinite(lp).all()
+    s = m.sample(h)
+    assert s.shape == (2, 1, 6, 6) and s.dtype == torch.uint8
+    assert m.training  # sample() restores the mode it found
+
+
+@pytest.mark.parametrize("context_shape", [(4,), (3, 4, 4)])
+def test_conditioning_matters_after_training(tmp_path, context_shape):
+    """Trained on (x, h) pairs where h determines x up to noise, log p(x | h) beats a shuffled h."""
+    from inversion.pixelcnn import train_pixelcnn
+
+    g = torch.Generator().manual_seed(0)
+    n, shape = 512, (1, 8, 8)
+    cls = torch.randint(0, 4, (n,), generator=g)
+    templates = torch.zeros(4, *shape)
+    templates[0, :, :4, :] = 1  # top half, bottom half, left half, right half
+    templates[1, :, 4:, :] = 1
+    templates[2, :, :, :4] = 1
+    templates[3, :, :, 4:] = 1
+    noise = torch.rand(n, *shape, generator=g) < 0.1
+    x = ((templates[cls] > 0) ^ noise).to(torch.uint8) * 255
+    if len(context_shape) == 1:
+        h = torch.nn.functional.one_hot(cls, 4).float()
+    else:
+        h = torch.nn.functional.avg_pool2d(templates[cls].float(), 2).repeat(1, 3, 1, 1)
+    m = PixelCNNpp(shape, context_shape, n_filters=16, n_resnet=1, dropout=0.0)
+    train_pixelcnn(m, x[:448], h[:448], tmp_path, steps=150, batch_size=32, lr=3e-3, progress=False)
+    m.eval()
+    xt, ht = x[448:], h[448:]
+    perm = torch.roll(torch.arange(len(ht)), 1)
+    shuffled_ok = cls[448:][perm] != cls[448:]
+    with torch.no_grad():
+        true_lp = m.log_prob(xt, ht)[shuffled_ok].mean()
+        shuffled_lp = m.log_prob(xt, ht[perm])[shuffled_ok].mean()
+    assert true_lp > shuffled_lp + 5.0, (true_lp, shuffled_lp)
+
+
+def test_training_resumes_after_kill(tmp_path):
+    from inversion.pixelcnn import train_pixelcnn
+
+    x = torch.randint(0, 256, (64, 1, 6, 6), dtype=torch.uint8)
+    h = torch.randn(64, 3)
+
+    def model():
+        torch.manual_seed(0)
+        return PixelCNNpp((1, 6, 6), (3,), n_filters=8, n_resnet=1)
+
+    a = model()
+    train_pixelcnn(a, x, h, tmp_path / "a", steps=12, batch_size=16, progress=False, checkpoint_every=4)
+    b = model()
+    train_pixelcnn(b, x, h, tmp_path / "b", steps=7, batch_size=16, progress=False, checkpoint_every=4)
+    b = model()  # a new process: fresh weights, state comes from the checkpoint
+    train_pixelcnn(b, x, h, tmp_path / "b", steps=12, batch_size=16, progress=False, checkpoint_every=4)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_bad_inputs_raise_clear_errors():
+    m = PixelCNNpp((1, 6, 6), (3,), n_filters=8, n_resnet=1)
+    ok_x, ok_h = torch.zeros(2, 1, 6, 6, dtype=torch.uint8), torch.zeros(2, 3)
+    bad = [
+        (dict(x=torch.zeros(2, 1, 5, 6, dtype=torch.uint8)), "shape"),
+        (dict(x=torch.zeros(2, 6, 6, dtype=torch.uint8)), "shape"),
+        (dict(x=torch.zeros(2, 1, 6, 6)), "integer"),
+        (dict(x=torch.full((2, 1, 6, 6), 300)), "0..255"),
+        (dict(x=torch.full((2, 1, 6, 6), -1)), "0..255"),
+        (dict(h=torch.zeros(2, 4)), "context must have shape"),
+        (dict(h=torch.zeros(3, 3)), "context must have shape"),
+        (dict(h=None), "needs a context"),
+        (dict(h=torch.full((2, 3), float("nan"))), "NaN"),
+        (dict(h=torch.zeros(2, 3, dtype=torch.long)), "floating"),
+    ]
+    for override, message in bad:
+        args = dict(x=ok_x, h=ok_h) | override
+        with pytest.raises(ValueError, match=message):
+            m.log_prob(args["x"], args["h"])
+    with pytest.raises(ValueError, match="unconditional"):
+        PixelCNNpp((1, 6, 6), n_filters=8, n_resnet=1).log_prob(ok_x, ok_h)
+    with pytest.raises(ValueError, match="likelihood"):
+        PixelCNNpp((1, 6, 6), likelihood="gaussian")
+    with pytest.raises(ValueError, match="image_shape"):
+        PixelCNNpp((6, 6))
+    with pytest.raises(ValueError, match="context_shape"):
+        PixelCNNpp((1, 6, 6), context_shape=(2, 3))
+    with pytest.raises(ValueError, match="noise"):
+        m.sample(ok_h, noise=torch.zeros(2, 1, 6, 6))
+    with pytest.raises(ValueError, match="method"):
+        m.sample(ok_h, method="magic")
+    with pytest.raises(ValueError, match="context .* or n"):
+        PixelCNNpp((1, 6, 6), n_filters=8, n_resnet=1).sample()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    m = make_model("logistic_mixture", 3, (4, 3, 3), 8, 8, dtype=torch.float32)
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    h = torch.randn(4, 4, 3, 3)
+    with torch.no_grad():
+        cpu = m.log_prob(x, h)
+        gpu = m.cuda().log_prob(x.cuda(), h.cuda()).cpu()
+    assert torch.allclose(cpu, gpu, rtol=1e-4, atol=1e-2)
+    noise = m.draw_noise(3, torch.Generator().manual_seed(0))
+    assert m.sample(h[:3].cuda(), noise=noise).shape == (3, 3, 8, 8)
