@@ -1,0 +1,323 @@
+"""The supervised image classifiers whose layers get inverted (§5.1, §5.2, Appendix A), and their training.
+
+Three architectures, all ending in FC3 (256 ReLU units) and a linear LOGITS layer:
+
+  "conv"      CONV1 -> CONV2 -> FC3 -> LOGITS. Each CONV is a 5x5 convolution with no padding, ReLU, and
+              2x2 max-pooling (stride 2). 32/32 filters for 1-channel images (MNIST, affNIST), 64/128 for
+              3-channel ones (SVHN, CIFAR-10). FC3 sees the flattened CONV2 map. Appendix A exactly.
+  "conv_gmp"  the same, but FC3 sees the global max over CONV2's spatial map (one number per channel), so
+              FC3 cannot know where in the image a feature was (§5.2, affNIST).
+  "fc"        FC1 -> FC2 (2048 ReLU units each) in place of the two conv blocks, then FC3 -> LOGITS (§5.2).
+
+Inputs are images [N, C, H, W], either uint8 in 0..255 (what ``inversion.data.load`` returns; divided by
+255 inside) or floating point already scaled to [0, 1]. Nothing else is accepted, so a float image left in
+0..255 fails loudly instead of silently saturating every ReLU.
+
+Dropout ("at every layer", Appendix A; the rate is not given): applied to the output of each hidden layer,
+i.e. to the inputs of CONV2/FC2, FC3 and LOGITS. Default rates (0.25, 0.25, 0.5): the usual choice for small
+MNIST/CIFAR convnets (lighter on the conv maps, whose units are strongly correlated, heavier on the wide
+FC3). The tapped features (``features``) are the activations *before* dropout, so in eval mode they are
+exactly what the next layer sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inversion.training import TrainConfig, TrainResult, fit, load_weights
+
+ARCHS = ("conv", "conv_gmp", "fc")
+DEFAULT_DROPOUT = (0.25, 0.25, 0.5)  # after layer 1 (CONV1/FC1), layer 2 (CONV2/FC2), FC3
+
+
+def layer_names(arch: str) -> tuple[str, ...]:
+    """The tapped layers of ``arch``, in network order."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    return ("fc1", "fc2", "fc3", "logits") if arch == "fc" else ("conv1", "conv2", "fc3", "logits")
+
+
+def check_images(x: torch.Tensor, image_shape: Sequence[int], what: str = "images") -> torch.Tensor:
+    """Validate images [N, *image_shape] (uint8 0..255, or float in [0, 1]) and return them as float in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"{what} must have shape [N, {', '.join(map(str, image_shape))}], got {list(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be uint8 (0..255) or floating point scaled to [0, 1], got dtype {x.dtype}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(
+            f"float {what} must be scaled to [0, 1], got values in [{x.min().item():.4g}, {x.max().item():.4g}]; "
+            "pass uint8 0..255 images or divide by 255"
+        )
+    return x
+
+
+class Classifier(nn.Module):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        arch: str = "conv",
+        n_classes: int = 10,
+        n_filters: Sequence[int] | None = None,
+        fc_units: int = 256,
+        hidden_units: int = 2048,
+        dropout: float | Sequence[float] = DEFAULT_DROPOUT,
+    ):
+        super().__init__()
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {image_shape}")
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+        C, H, W = image_shape
+        if n_filters is None:
+            if C not in (1, 3):
+                raise ValueError(f"no default filter counts for {C}-channel images; pass n_filters=(F1, F2)")
+            n_filters = (32, 32) if C == 1 else (64, 128)  # Appendix A: MNIST vs SVHN/CIFAR
+        n_filters = tuple(int(f) for f in n_filters)
+        if len(n_filters) != 2 or min(n_filters) < 1:
+            raise ValueError(f"n_filters must be two positive ints (CONV1, CONV2), got {n_filters}")
+        if isinstance(dropout, (int, float)):
+            dropout = (float(dropout),) * 3
+        dropout = tuple(float(p) for p in dropout)
+        if len(dropout) != 3 or not all(0 <= p < 1 for p in dropout):
+            raise ValueError(f"dropout must be one rate or three rates in [0, 1), got {dropout}")
+        # Everything needed to rebuild the model: Classifier(**model.config).
+        self.config = dict(image_shape=list(image_shape), arch=arch, n_classes=int(n_classes),
+                           n_filters=list(n_filters), fc_units=int(fc_units), hidden_units=int(hidden_units),
+                           dropout=list(dropout))
+        self.image_shape, self.arch = image_shape, arch
+
+        if arch == "fc":
+            self.fc1 = nn.Linear(C * H * W, hidden_units)
+            self.fc2 = nn.Linear(hidden_units, hidden_units)
+            fc3_in = hidden_units
+        else:
+            # Two valid 5x5 convs and two floor-mode 2x2 pools: H -> (H - 4) // 2 -> ((H - 4) // 2 - 4) // 2.
+            H2, W2 = ((H - 4) // 2 - 4) // 2, ((W - 4) // 2 - 4) // 2
+            if H2 < 1 or W2 < 1:
+                raise ValueError(f"images of {H}x{W} are too small for two 5x5 conv + 2x2 pool blocks (need >= 16x16)")
+            self.conv1 = nn.Conv2d(C, n_filters[0], 5)
+            self.conv2 = nn.Conv2d(n_filters[0], n_filters[1], 5)
+            fc3_in = n_filters[1] if arch == "conv_gmp" else n_filters[1] * H2 * W2
+        self.fc3 = nn.Linear(fc3_in, fc_units)
+        self.logits = nn.Linear(fc_units, n_classes)
+        self.drop1, self.drop2, self.drop3 = (nn.Dropout(p) for p in dropout)
+
+    def set_dropout(self, p: float | Sequence[float]) -> None:
+        """Change the dropout rates in place (and in ``config``); ``set_dropout(0)`` is the §5.3 overfit setting."""
+        rates = (float(p),) * 3 if isinstance(p, (int, float)) else tuple(float(r) for r in p)
+        if len(rates) != 3 or not all(0 <= r < 1 for r in rates):
+            raise ValueError(f"dropout must be one rate or three rates in [0, 1), got {p}")
+        for module, r in zip((self.drop1, self.drop2, self.drop3), rates):
+            module.p = r
+        self.config["dropout"] = list(rates)
+
+    def features(self, x: torch.Tensor, until: str | None = None) -> dict[str, torch.Tensor]:
+        """Activations of every tapped layer, in network order (``layer_names(arch)``).
+
+        Conv layers are taken after ReLU and pooling ([N, F, H', W']); fc1/fc2/fc3 after ReLU; logits raw.
+        ``until`` stops after that layer (cheaper when only an early layer is wanted).
+        """
+        names = layer_names(self.arch)
+        if until is not None and until not in names:
+            raise ValueError(f"unknown layer {until!r} for arch {self.arch!r}; expected one of {names}")
+        h = check_images(x, self.image_shape)
+        out: dict[str, torch.Tensor] = {}
+
+        def tap(name, value):
+            out[name] = value
+            return name == until
+
+        if self.arch == "fc":
+            h = F.relu(self.fc1(h.flatten(1)))
+            if tap("fc1", h):
+                return out
+            h = F.relu(self.fc2(self.drop1(h)))
+            if tap("fc2", h):
+                return out
+        else:
+            # relu(maxpool(.)) == maxpool(relu(.)) and pooling first makes the ReLU 4x cheaper.
+            h = F.relu(F.max_pool2d(self.conv1(h), 2))
+            if tap("conv1", h):
+                return out
+            h = F.relu(F.max_pool2d(self.conv2(self.drop1(h)), 2))
+            if tap("conv2", h):
+                return out
+            # The 2x2 pools tile CONV2's pre-pool map exactly for even sizes, so this equals a global max
+            # over CONV2 itself; position information is gone from here on.
+            h = h.amax(dim=(2, 3)) if self.arch == "conv_gmp" else h.flatten(1)
+        h = F.relu(self.fc3(self.drop2(h)))
+        if tap("fc3", h):
+            return out
+        tap("logits", self.logits(self.drop3(h)))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [N, n_classes]."""
+        return self.features(x)["logits"]
+
+
+def feature_shapes(model: Classifier) -> dict[str, tuple[int, ...]]:
+    """Per-example shape of every tapped layer, in network order (from the architecture, no forward pass)."""
+    c = model.config
+    C, H, W = c["image_shape"]
+    if c["arch"] == "fc":
+        return dict(fc1=(c["hidden_units"],), fc2=(c["hidden_units"],), fc3=(c["fc_units"],), logits=(c["n_classes"],))
+    F1, F2 = c["n_filters"]
+    H1, W1 = (H - 4) // 2, (W - 4) // 2
+    H2, W2 = (H1 - 4) // 2, (W1 - 4) // 2
+    return dict(conv1=(F1, H1, W1), conv2=(F2, H2, W2), fc3=(c["fc_units"],), logits=(c["n_classes"],))
+
+
+def _device_of(model: nn.Module, device) -> torch.device:
+    return torch.device(device) if device is not None else next(model.parameters()).device
+
+
+@torch.no_grad()
+def compute_features(
+    model: Classifier, images: torch.Tensor, layer: str, batch_size: int = 500, device=None
+) -> torch.Tensor:
+    """``layer``'s activations for all ``images`` in eval mode, batched; float32 on the CPU, [N, *shape].
+
+    This builds the (x, h) pairs every inversion model and MSE decoder is trained on. ``device`` defaults to
+    the model's; the model is moved there and its train/eval mode is restored afterwards.
+    """
+    if layer not in layer_names(model.arch):
+        raise ValueError(f"unknown layer {layer!r} for arch {model.arch!r}; expected one of {layer_names(model.arch)}")
+    check_images(images[:0], model.image_shape)  # shape/dtype only; values are checked per batch
+    device = _device_of(model, device)
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        chunks = [model.features(images[i : i + batch_size].to(device), until=layer)[layer].float().cpu()
+                  for i in range(0, len(images), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.empty(0, *feature_shapes(model)[layer])
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500, device=None) -> float:
+    """Fraction of ``images`` whose arg-max logit equals ``labels`` (eval mode, batched)."""
+    _check_labels(images, labels, "images")
+    logits = compute_features(model, images, "logits", batch_size=batch_size, device=device)
+    return (logits.argmax(1) == labels.cpu()).float().mean().item()
+
+
+def _check_labels(images, labels, what):
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.dtype != torch.int64:
+        got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{what} labels must be an int64 tensor [N], got {got}")
+    if len(labels) != len(images):
+        raise ValueError(f"{what}: {len(images)} images but {len(labels)} labels")
+
+
+def write_run_config(workdir: Path, run_config: dict) -> None:
+    """Write ``workdir/config.json`` (what is trained, so it can be rebuilt); refuse to resume a workdir whose
+    checkpoint belongs to a different run, which would otherwise fail deep inside load_state_dict or, worse,
+    silently continue with other settings."""
+    path = workdir / "config.json"
+    if path.exists() and (workdir / "state.pt").exists():
+        saved = json.loads(path.read_text())
+        if saved != run_config:
+            raise ValueError(f"{workdir} holds a different run ({saved}); not resuming it as {run_config}. "
+                             "Use another workdir or delete this one.")
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(run_config, indent=1))
+    os.replace(tmp, path)
+
+
+def train_classifier(
+    model: Classifier,
+    train: tuple[torch.Tensor, torch.Tensor],
+    valid: tuple[torch.Tensor, torch.Tensor] | None,
+    workdir: str | os.PathLike,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    eval_every: int = 1000,
+    patience: int = 10,
+    snapshot_steps: Sequence[int] = (),
+    overfit_n: int | None = None,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+    checkpoint_every: int = 500,
+    eval_batch_size: int = 500,
+) -> TrainResult:
+    """Train with Adam on cross-entropy (Appendix A: lr 3e-4, early stopping on validation accuracy).
+
+    - ``valid`` accuracy is evaluated every ``eval_every`` steps; training stops after ``patience``
+      evaluations without improvement (0: never). The best weights go to ``workdir/best.pt`` and are loaded
+      into ``model`` when training ends. With ``valid=None`` there is no early stopping and ``model`` keeps
+      the last weights.
+    - ``snapshot_steps``: weights after exactly that many updates go to ``workdir/step_<k>.pt`` (§5.3 uses
+      0, 1e2, 1e3, 1e4, 1e5; floats such as 1e4 are accepted). Steps after an early stop are never reached,
+      so pass ``patience=0`` when every snapshot is needed.
+    - ``overfit_n``: the §5.3 overfitted network: train on ``train[:overfit_n]`` only, with the model's
+      dropout set to 0 (in place, and in ``model.config``).
+    - Killed runs resume from ``workdir/state.pt`` when called again with the same arguments (see
+      ``inversion.training.fit``); ``workdir/config.json`` records the model config so
+      ``load_classifier(workdir)`` can rebuild it. ``seed`` fixes batch order and dropout noise, not the
+      initial weights (those are the model's as passed in).
+    """
+    images, labels = train
+    check_images(images[:0], model.image_shape, "train images")
+    _check_labels(images, labels, "train")
+    if valid is not None:
+        check_images(valid[0][:0], model.image_shape, "valid images")
+        _check_labels(*valid, "valid")
+    if overfit_n is not None:
+        if not 0 < overfit_n <= len(images):
+            raise ValueError(f"overfit_n must be in 1..{len(images)} (the training set size), got {overfit_n}")
+        images, labels = images[:overfit_n], labels[:overfit_n]
+        model.set_dropout(0.0)
+    if any(float(s) != int(s) or s < 0 for s in snapshot_steps):
+        raise ValueError(f"snapshot_steps must be whole numbers >= 0, got {tuple(snapshot_steps)}")
+    snapshot_steps = tuple(sorted({int(s) for s in snapshot_steps}))
+    workdir = Path(workdir)
+    write_run_config(workdir, dict(model=model.config, overfit_n=overfit_n, seed=seed, lr=lr, batch_size=batch_size))
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return F.cross_entropy(m(x), y)
+
+    def eval_fn(m):
+        return dict(score=accuracy(m, *valid, batch_size=eval_batch_size))
+
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every if valid is not None else 0,
+                      patience=patience if valid is not None else 0, checkpoint_every=checkpoint_every,
+                      snapshot_steps=snapshot_steps, seed=seed, progress=progress)
+    result = fit(model, loss_fn, (images, labels), cfg, workdir, eval_fn=eval_fn if valid is not None else None,
+                 device=device, desc=f"classifier {model.arch}")
+    if valid is not None:
+        load_weights(model, workdir / "best.pt")
+    return result
+
+
+def load_classifier(workdir: str | os.PathLike, weights: str = "best.pt", device=None) -> Classifier:
+    """Rebuild a classifier trained by ``train_classifier`` and load ``workdir/weights`` (best.pt, step_<k>.pt, state.pt)."""
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no config.json in {workdir}; was it written by train_classifier?")
+    model = Classifier(**json.loads(path.read_text())["model"])
+    if device is not None:
+        model.to(device)
+    return load_weights(model, workdir / weights)
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
