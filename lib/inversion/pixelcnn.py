@@ -556,9 +556,11 @@ class PixelCNNpp(nn.Module):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, disable=not progress, desc="sample (fixed point)", leave=False)
+        self.last_sample_passes = 0  # network passes the last fixed-point sample took (for benchmarks)
         for _ in range(H * W + 1):
             if len(active) == 0:
                 break
+            self.last_sample_passes += 1
             ctx = None if context is None else context[active]
             new = self._sample_from_output(self.forward(self._scale(x[active]), ctx), noise[active])
             changed = (new != x[active]).flatten(1).any(dim=1)

@@ -1,0 +1,234 @@
+"""PixelCNN++ speed: training images/s and sampling images/s, each option against a naive baseline.
+
+Configurations (Appendix A): "mnist" = 1x28x28, 64 filters, 3 resnets, 256-way softmax, FC3 context (256,);
+"cifar" = 3x32x32, 196 filters, 3 resnets, 10-component logistic mixture, FC3 context (256,).
+
+The naive baseline, measured in the same run: eager float32 (TF32 off on CUDA) for training, and one
+full network pass per pixel for sampling. Every other row is a ratio against it.
+
+    python bench/pixelcnn_speed.py                       # CPU, both configs, reduced counts
+    python bench/pixelcnn_speed.py --device cuda          # GPU, 1024 samples, torch.compile included
+    python bench/pixelcnn_speed.py --checkpoint runs/short_mnist_nce/fc3/state.pt   # sample a trained model
+
+Writes bench/results/pixelcnn_speed-<device>.json and .md (device, torch, commit, date) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))  # runnable without installing
+
+from inversion.pixelcnn import PixelCNNpp  # noqa: E402
+from inversion.provenance import provenance  # noqa: E402
+
+CONFIGS = {
+    "mnist": dict(image_shape=(1, 28, 28), context_shape=(256,), n_filters=64, n_resnet=3, likelihood="softmax"),
+    "cifar": dict(image_shape=(3, 32, 32), context_shape=(256,), n_filters=196, n_resnet=3,
+                  likelihood="logistic_mixture", n_mixtures=10),
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def tf32(enabled):
+    if not torch.cuda.is_available():
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def make_model(cfg, device, checkpoint=None):
+    torch.manual_seed(0)
+    model = PixelCNNpp(**cfg).to(device)
+    if checkpoint:
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"] if "optimizer" in saved else saved)
+    else:
+        x, h = fake_batch(cfg, 64, device)
+        model.data_init(x, h)
+    return model
+
+
+def fake_batch(cfg, n, device):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (n, *cfg["image_shape"]), generator=g, dtype=torch.uint8).to(device)
+    h = torch.randn(n, *cfg["context_shape"], generator=g).relu().to(device)
+    return x, h
+
+
+def train_step_flops(model, x, h):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        loss = -model.log_prob(x, h).mean()
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def time_training(cfg, device, batch, steps, warmup, bf16=False, channels_last=False, compile=False, tf32_on=False):
+    model = make_model(cfg, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x, h = fake_batch(cfg, batch, device)
+    loss_fn = lambda m: -m.log_prob(x, h).mean()  # noqa: E731
+    if compile:
+        loss_fn = torch.compile(loss_fn)
+    with tf32(tf32_on):
+        flops = train_step_flops(model, x, h)
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step()
+        sync(device)
+        warm_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        dt = (time.perf_counter() - t0) / steps
+    return dict(images_per_s=batch / dt, step_ms=dt * 1e3, tflops=flops / dt / 1e12, warmup_s=warm_s)
+
+
+def time_sampling(cfg, device, n, method, checkpoint=None, contexts=None, naive_pixels=None, tf32_on=False):
+    """Images/s drawing n conditional samples. The naive sampler's cost per pixel is constant (a full
+    pass), so on slow devices it is timed over ``naive_pixels`` pixels and scaled to the whole image."""
+    model = make_model(cfg, device, checkpoint).eval()
+    _, h = fake_batch(cfg, n, device)
+    if contexts is not None:  # real layer activations: how fast the fixed point converges depends on them
+        h = torch.load(contexts, map_location=device)[:n]
+        n = len(h)
+    noise = model.draw_noise(n, torch.Generator().manual_seed(2))
+    C, H, W = cfg["image_shape"]
+    with tf32(tf32_on), torch.no_grad():
+        if method == "naive":
+            pixels = H * W if naive_pixels is None else min(naive_pixels, H * W)
+            x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+            model.forward(model._scale(x), h)  # warm-up
+            sync(device)
+            t0 = time.perf_counter()
+            for i in range(pixels):
+                r, c = divmod(i, W)
+                out = model.forward(model._scale(x), h)
+                x[:, :, r, c] = model._sample_from_output(out[:, :, r : r + 1, c : c + 1],
+                                                          noise[:, :, r : r + 1, c : c + 1])[:, :, 0, 0]
+            sync(device)
+            dt = (time.perf_counter() - t0) * (H * W) / pixels
+            return dict(images_per_s=n / dt, n=n, seconds=dt, passes=H * W, extrapolated_from_pixels=pixels)
+        model.sample(h[:2], noise=noise[:2], method=method)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        model.sample(h, noise=noise, method=method)
+        sync(device)
+        dt = time.perf_counter() - t0
+        return dict(images_per_s=n / dt, n=n, seconds=dt, passes=model.last_sample_passes)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--configs", default="mnist,cifar")
+    ap.add_argument("--batch", type=int, default=None, help="training batch (default: 64 cuda, 16 cpu)")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--samples", type=int, default=None, help="images to sample (default: 1024 cuda, 16 cpu)")
+    ap.add_argument("--naive-pixels", type=int, default=None, help="time the naive sampler over this many pixels")
+    ap.add_argument("--compile", action="store_true", help="include torch.compile (default on for cuda)")
+    ap.add_argument("--checkpoint", default=None, help="a trained mnist model to sample from (state.pt/best.pt)")
+    ap.add_argument("--contexts", default=None, help="a tensor file of real contexts for --checkpoint")
+    ap.add_argument("--skip-sampling", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    batch = args.batch or (64 if cuda else 16)
+    steps = args.steps or (30 if cuda else 3)
+    n_samples = args.samples or (1024 if cuda else 16)
+    naive_pixels = args.naive_pixels if args.naive_pixels is not None else (None if cuda else 28)
+    do_compile = args.compile or cuda
+
+    rows = []
+    for name in args.configs.split(","):
+        cfg = CONFIGS[name]
+        variants = [("eager fp32 (baseline)", dict())]
+        if cuda:
+            variants.append(("eager TF32", dict(tf32_on=True)))
+        variants += [("bf16 autocast", dict(bf16=True)), ("bf16 + channels_last", dict(bf16=True, channels_last=True))]
+        if do_compile:
+            variants.append(("bf16 + torch.compile", dict(bf16=True, compile=True)))
+        base = None
+        for label, kw in variants:
+            try:
+                r = time_training(cfg, device, batch, steps, warmup=3 if not kw.get("compile") else 5, **kw)
+            except Exception as e:  # an option failing on this device is a result too
+                rows.append(dict(config=name, task="train", variant=label, error=f"{type(e).__name__}: {e}"[:300]))
+                print(rows[-1], flush=True)
+                continue
+            base = base or r["images_per_s"]
+            rows.append(dict(config=name, task="train", variant=label, batch=batch, **r,
+                             speedup=r["images_per_s"] / base))
+            print(rows[-1], flush=True)
+        if args.skip_sampling:
+            continue
+        ckpt = args.checkpoint if name == "mnist" else None
+        ctx = args.contexts if name == "mnist" else None
+        base = None
+        for label, method in [("naive, one pass per pixel (baseline)", "naive"), ("fixed point (exact)", "fixed_point")]:
+            r = time_sampling(cfg, device, n_samples, method, ckpt, ctx, naive_pixels)
+            base = base or r["images_per_s"]
+            rows.append(dict(config=name, task="sample", variant=label, trained=bool(ckpt), **r,
+                             speedup=r["images_per_s"] / base))
+            print(rows[-1], flush=True)
+
+    prov = provenance(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"pixelcnn_speed-{device.type}"
+    stem.with_suffix(".json").write_text(json.dumps(dict(provenance=prov, args=vars(args), rows=rows), indent=1))
+    lines = [f"# PixelCNN++ speed on {prov['device']}", "",
+             f"torch {prov['torch']}, commit {prov['commit'][:10]}{' (dirty)' if prov['dirty'] else ''}, {prov['date']}.",
+             f"Command: `python bench/pixelcnn_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+             "| config | task | variant | images/s | × baseline | detail |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['task']} | {r['variant']} | – | – | failed: {r['error'][:80]} |")
+            continue
+        if r["task"] == "train":
+            detail = f"batch {r['batch']}, {r['step_ms']:.1f} ms/step, {r['tflops']:.2f} TFLOP/s"
+        else:
+            detail = f"{r['n']} images{' (trained model)' if r['trained'] else ' (untrained model)'}, {r['passes']} passes"
+            if r.get("extrapolated_from_pixels", r["passes"]) != r["passes"]:
+                detail += f" (timed over {r['extrapolated_from_pixels']} pixels, scaled)"
+        lines.append(f"| {r['config']} | {r['task']} | {r['variant']} | {r['images_per_s']:.3g} | "
+                     f"{r['speedup']:.2f} | {detail} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
