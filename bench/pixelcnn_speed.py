@@ -162,6 +162,7 @@ def main(argv=None):
     ap.add_argument("--checkpoint", default=None, help="a trained mnist model to sample from (state.pt/best.pt)")
     ap.add_argument("--contexts", default=None, help="a tensor file of real contexts for --checkpoint")
     ap.add_argument("--skip-sampling", action="store_true")
+    ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -182,7 +183,7 @@ def main(argv=None):
         if do_compile:
             variants.append(("bf16 + torch.compile", dict(bf16=True, compile=True)))
         base = None
-        for label, kw in variants:
+        for label, kw in ([] if args.skip_training else variants):
             try:
                 r = time_training(cfg, device, batch, steps, warmup=3 if not kw.get("compile") else 5, **kw)
             except Exception as e:  # an option failing on this device is a result too
