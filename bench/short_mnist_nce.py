@@ -39,6 +39,8 @@ def main(argv=None):
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--workdir", default="runs/short_mnist_nce")
+    ap.add_argument("--models", default="fc3,unconditional", help="which PixelCNNs to train")
+    ap.add_argument("--tag", default="", help="suffix for PixelCNN workdirs and the output files (e.g. -bf16)")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
@@ -62,17 +64,21 @@ def main(argv=None):
 
     results = {}
     for name, ctx_train, ctx_test in [("fc3", h_train, h_test), ("unconditional", None, None)]:
+        if name not in args.models.split(","):
+            continue
         torch.manual_seed(0)
         model = pixelcnn.PixelCNNpp((1, 28, 28), None if ctx_train is None else (256,), n_filters=args.n_filters,
                                     n_resnet=args.n_resnet, likelihood="softmax", dropout=args.dropout).to(dev)
-        run = pixelcnn.train_pixelcnn(model, train_x, ctx_train, work / name, steps=args.pixelcnn_steps,
+        run = pixelcnn.train_pixelcnn(model, train_x, ctx_train, work / (name + args.tag), steps=args.pixelcnn_steps,
                                       batch_size=args.batch_size, bf16=args.bf16, device=dev, desc=name)
         lp = bounds.per_image_log_prob(model, test_x, ctx_test, batch_size=500, device=dev)
         results[name] = dict(nce=bounds.summarize(lp, dims=28 * 28).as_dict(), train_seconds=run.seconds,
                              train_images_per_second=args.pixelcnn_steps * args.batch_size / run.seconds,
                              n_parameters=model.n_parameters())
         results[name]["per_image"] = lp
-    diff, diff_se = bounds.paired_difference(results["fc3"].pop("per_image"), results["unconditional"].pop("per_image"))
+    per_image = {name: r.pop("per_image") for name, r in results.items()}
+    diff, diff_se = (bounds.paired_difference(per_image["fc3"], per_image["unconditional"])
+                     if len(per_image) == 2 else (float("nan"), float("nan")))
 
     report = dict(
         config=vars(args), classifier_test_accuracy=acc, pixelcnn=results,
@@ -81,7 +87,7 @@ def main(argv=None):
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"short_mnist_nce-{dev.type}"
+    stem = out / f"short_mnist_nce-{dev.type}{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     lines = [
         f"# Short MNIST run ({report['provenance']['device']}, torch {report['provenance']['torch']}, "
