@@ -103,7 +103,9 @@ def main(argv=None):
     for name, r in results.items():
         lines.append(f"| p(x | {name}) | {r['nce']['nats']:.2f} | {r['nce']['stderr']:.2f} | "
                      f"{r['nce']['bits_per_dim']:.4f} | {r['train_images_per_second']:.1f} |")
-    lines += ["", f"NCE(fc3) − NCE(unconditional) = {diff:.2f} ± {diff_se:.2f} nats (paired s.e.)", ""]
+    if len(per_image) == 2:
+        lines += ["", f"NCE(fc3) − NCE(unconditional) = {diff:.2f} ± {diff_se:.2f} nats (paired s.e.)"]
+    lines.append("")
     stem.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
