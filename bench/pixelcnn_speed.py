@@ -116,6 +116,21 @@ def time_training(cfg, device, batch, steps, warmup, bf16=False, channels_last=F
     return dict(images_per_s=batch / dt, step_ms=dt * 1e3, tflops=flops / dt / 1e12, warmup_s=warm_s)
 
 
+def time_log_prob(cfg, device, batch, steps, bf16=False):
+    """Evaluation throughput: log p(x | h) of test images, no gradients (what the NCE costs)."""
+    model = make_model(cfg, device).eval()
+    x, h = fake_batch(cfg, batch, device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        model.log_prob(x, h)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model.log_prob(x, h)
+        sync(device)
+    dt = (time.perf_counter() - t0) / steps
+    return dict(images_per_s=batch / dt, step_ms=dt * 1e3, batch=batch)
+
+
 def time_sampling(cfg, device, n, method, checkpoint=None, contexts=None, naive_pixels=None, tf32_on=False):
     """Images/s drawing n conditional samples. The naive sampler's cost per pixel is constant (a full
     pass), so on slow devices it is timed over ``naive_pixels`` pixels and scaled to the whole image."""
@@ -194,6 +209,12 @@ def main(argv=None):
             rows.append(dict(config=name, task="train", variant=label, batch=batch, **r,
                              speedup=r["images_per_s"] / base))
             print(rows[-1], flush=True)
+        base = None
+        for label, kw in ([] if args.skip_training else [("eager fp32 (baseline)", {}), ("bf16 autocast", dict(bf16=True))]):
+            r = time_log_prob(cfg, device, 4 * batch, steps, **kw)
+            base = base or r["images_per_s"]
+            rows.append(dict(config=name, task="log_prob", variant=label, **r, speedup=r["images_per_s"] / base))
+            print(rows[-1], flush=True)
         if args.skip_sampling:
             continue
         ckpt = args.checkpoint if name == "mnist" else None
@@ -221,6 +242,8 @@ def main(argv=None):
             continue
         if r["task"] == "train":
             detail = f"batch {r['batch']}, {r['step_ms']:.1f} ms/step, {r['tflops']:.2f} TFLOP/s"
+        elif r["task"] == "log_prob":
+            detail = f"batch {r['batch']}, {r['step_ms']:.1f} ms/batch, no gradients"
         else:
             detail = f"{r['n']} images{' (trained model)' if r['trained'] else ' (untrained model)'}, {r['passes']} passes"
             if r.get("extrapolated_from_pixels", r["passes"]) != r["passes"]:

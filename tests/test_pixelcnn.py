@@ -339,11 +339,11 @@ def test_training_resumes_after_kill(tmp_path):
         return PixelCNNpp((1, 6, 6), (3,), n_filters=8, n_resnet=1)
 
     a = model()
-    train_pixelcnn(a, x, h, tmp_path / "a", steps=12, batch_size=16, progress=False, checkpoint_every=4)
+    train_pixelcnn(a, x, h, tmp_path / "a", steps=6, batch_size=16, progress=False, checkpoint_every=2)
     b = model()
-    train_pixelcnn(b, x, h, tmp_path / "b", steps=7, batch_size=16, progress=False, checkpoint_every=4)
-    b = model()  # a new process: fresh weights, state comes from the checkpoint
-    train_pixelcnn(b, x, h, tmp_path / "b", steps=12, batch_size=16, progress=False, checkpoint_every=4)
+    train_pixelcnn(b, x, h, tmp_path / "b", steps=3, batch_size=16, progress=False, checkpoint_every=2)
+    b = model()  # a new process: fresh weights; state (data-initialised weights included) from the checkpoint
+    train_pixelcnn(b, x, h, tmp_path / "b", steps=6, batch_size=16, progress=False, checkpoint_every=2)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
 

@@ -1,0 +1,87 @@
+"""The shared training loop: exact resume, snapshots, early stopping, clear failures."""
+
+import pytest
+import torch
+
+from inversion.training import TrainConfig, batch_indices, fit, load_weights
+
+X = torch.randn(500, 5, generator=torch.Generator().manual_seed(0))
+Y = (X[:, 0] > 0).long()
+
+
+def model():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 2))
+
+
+def loss(m, batch):
+    return torch.nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+
+def accuracy(m):
+    return {"score": (m(X).argmax(1) == Y).float().mean().item()}
+
+
+def cfg(**kw):
+    base = dict(steps=100, batch_size=32, eval_every=20, checkpoint_every=10, snapshot_steps=(0, 50), progress=False)
+    return TrainConfig(**(base | kw))
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    a = model()
+    ra = fit(a, loss, [X, Y], cfg(), tmp_path / "a", accuracy)
+    calls = 0
+
+    def killed_at_step_57(m, batch):
+        nonlocal calls
+        calls += 1
+        if calls == 58:
+            raise KeyboardInterrupt  # what a kill looks like from inside; the last checkpoint is step 50
+        return loss(m, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model(), killed_at_step_57, [X, Y], cfg(), tmp_path / "b", accuracy)
+    b = model()  # a new process starts from fresh weights; everything else comes from disk
+    rb = fit(b, loss, [X, Y], cfg(), tmp_path / "b", accuracy)
+    assert ra.step == rb.step == 100
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(p, q)
+    assert [r["step"] for r in rb.history] == [20, 40, 60, 80, 100]
+    assert ra.best_score == rb.best_score > 0.8  # it learned something
+
+
+def test_snapshots_and_best_weights(tmp_path):
+    m = model()
+    initial = {k: v.clone() for k, v in m.state_dict().items()}
+    r = fit(m, loss, [X, Y], cfg(), tmp_path, accuracy)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["best.pt", "state.pt", "step_0.pt", "step_50.pt"]
+    step0 = load_weights(model(), tmp_path / "step_0.pt").state_dict()
+    assert all(torch.equal(initial[k], step0[k]) for k in initial)
+    best = load_weights(model(), tmp_path / "best.pt")
+    best.eval()
+    assert accuracy(best)["score"] == pytest.approx(r.best_score)
+
+
+def test_early_stopping(tmp_path):
+    constant = lambda m: {"score": 0.5}  # noqa: E731  never improves after the first evaluation
+    r = fit(model(), loss, [X, Y], cfg(eval_every=10, patience=2), tmp_path, constant)
+    assert r.stopped_early and r.step == 30 and r.best_step == 10
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    assert torch.equal(batch_indices(500, 32, 37, seed=3), batch_indices(500, 32, 37, seed=3))
+    assert not torch.equal(batch_indices(500, 32, 37, seed=3), batch_indices(500, 32, 37, seed=4))
+    epoch = torch.cat([batch_indices(500, 50, s, seed=0) for s in range(10)])
+    assert sorted(epoch.tolist()) == list(range(500))  # one epoch visits every example once
+
+
+def test_bad_inputs_and_non_finite_loss(tmp_path):
+    with pytest.raises(ValueError, match="first dimension"):
+        fit(model(), loss, [X, Y[:10]], cfg(), tmp_path / "a")
+    with pytest.raises(ValueError, match="steps"):
+        fit(model(), loss, [X, Y], cfg(steps=-1), tmp_path / "b")
+    nan_loss = lambda m, b: loss(m, b) * float("nan")  # noqa: E731
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        fit(model(), nan_loss, [X, Y], cfg(), tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="train first"):
+        load_weights(model(), tmp_path / "missing.pt")
