@@ -349,7 +349,8 @@ class PixelCNNpp(nn.Module):
         for m in layers:
             m.initializing = True
         try:
-            self.forward(self._scale(self._check_images(x)), self._check_context(context, len(x)))
+            x = self._check_images(x).to(self.device)
+            self.forward(self._scale(x), self._on_device(self._check_context(context, len(x))))
         finally:
             for m in layers:
                 m.initializing = False
@@ -365,7 +366,7 @@ class PixelCNNpp(nn.Module):
                              "convert float images with (x * 255).round().to(torch.uint8)")
         if x.numel() and (x.min() < 0 or x.max() > 255):
             raise ValueError(f"x values must lie in 0..255, got range {x.min().item()}..{x.max().item()}")
-        return x.to(self.device)
+        return x
 
     def _check_context(self, context, n):
         if self.context_shape is None:
@@ -381,7 +382,10 @@ class PixelCNNpp(nn.Module):
                              f"got {list(context.shape)}")
         if not torch.isfinite(context).all():
             raise ValueError("context contains NaN or inf")
-        return context.to(self.device, self.dtype)
+        return context
+
+    def _on_device(self, context):
+        return None if context is None else context.to(self.device, self.dtype)
 
     def _scale(self, x):
         return x.to(self.dtype) / 127.5 - 1.0
@@ -389,8 +393,14 @@ class PixelCNNpp(nn.Module):
     # ---- likelihood ---------------------------------------------------------------------------------
     def log_prob(self, x, context=None, reduce=True):
         """log p(x | context) in nats: [N], or per sub-pixel [N, C, H, W] with reduce=False."""
-        x = self._check_images(x)
-        context = self._check_context(context, len(x))
+        x = self._check_images(x).to(self.device)
+        context = self._on_device(self._check_context(context, len(x)))
+        lp = self.sub_pixel_log_prob(x, context)
+        return lp.sum(dim=(1, 2, 3)) if reduce else lp
+
+    def sub_pixel_log_prob(self, x, context=None):
+        """log_prob(reduce=False) without input checks: for callers that checked once already (and for
+        torch.func.vmap, which cannot run the checks' data-dependent branches)."""
         out = self.forward(self._scale(x), context)
         # The likelihood itself is always evaluated in float32 or wider, also under bf16 autocast.
         with torch.autocast(out.device.type, enabled=False):
@@ -400,7 +410,7 @@ class PixelCNNpp(nn.Module):
                 lp = self._softmax_log_prob(out, x)
             else:
                 lp = self._mixture_log_prob(out, x)
-        return lp.sum(dim=(1, 2, 3)) if reduce else lp
+        return lp
 
     def _softmax_logits(self, out, x_prev):
         """Logits [N, C, 256, ...] for every channel; channel c gets table offsets from x_prev[:, j < c]."""
@@ -517,7 +527,7 @@ class PixelCNNpp(nn.Module):
             n = len(context)
         if n is None:
             raise ValueError("give a context (one image is drawn per row) or n for an unconditional model")
-        context = self._check_context(context, n)
+        context = self._on_device(self._check_context(context, n))
         if noise is None:
             noise = self.draw_noise(n, generator)
         C, H, W = self.image_shape
