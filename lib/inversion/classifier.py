@@ -22,7 +22,6 @@ exactly what the next layer sees.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inversion.training import TrainConfig, TrainResult, fit, load_weights
+from inversion.training import TrainConfig, TrainResult, fit, load_trained, write_run_config
 
 ARCHS = ("conv", "conv_gmp", "fc")
 DEFAULT_DROPOUT = (0.25, 0.25, 0.5)  # after layer 1 (CONV1/FC1), layer 2 (CONV2/FC2), FC3
@@ -223,22 +222,6 @@ def _check_labels(images, labels, what):
         raise ValueError(f"{what}: {len(images)} images but {len(labels)} labels")
 
 
-def write_run_config(workdir: Path, run_config: dict) -> None:
-    """Write ``workdir/config.json`` (what is trained, so it can be rebuilt); refuse to resume a workdir whose
-    checkpoint belongs to a different run, which would otherwise fail deep inside load_state_dict or, worse,
-    silently continue with other settings."""
-    path = workdir / "config.json"
-    if path.exists() and (workdir / "state.pt").exists():
-        saved = json.loads(path.read_text())
-        if saved != run_config:
-            raise ValueError(f"{workdir} holds a different run ({saved}); not resuming it as {run_config}. "
-                             "Use another workdir or delete this one.")
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(run_config, indent=1))
-    os.replace(tmp, path)
-
-
 def train_classifier(
     model: Classifier,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -297,26 +280,15 @@ def train_classifier(
     def eval_fn(m):
         return dict(score=accuracy(m, *valid, batch_size=eval_batch_size))
 
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every if valid is not None else 0,
-                      patience=patience if valid is not None else 0, checkpoint_every=checkpoint_every,
-                      snapshot_steps=snapshot_steps, seed=seed, progress=progress)
-    result = fit(model, loss_fn, (images, labels), cfg, workdir, eval_fn=eval_fn if valid is not None else None,
-                 device=device, desc=f"classifier {model.arch}")
-    if valid is not None:
-        load_weights(model, workdir / "best.pt")
-    return result
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
+                      checkpoint_every=checkpoint_every, snapshot_steps=snapshot_steps, seed=seed, progress=progress)
+    return fit(model, loss_fn, (images, labels), cfg, workdir, eval_fn=eval_fn if valid is not None else None,
+               device=device, desc=f"classifier {model.arch}", restore_best=True)
 
 
 def load_classifier(workdir: str | os.PathLike, weights: str = "best.pt", device=None) -> Classifier:
     """Rebuild a classifier trained by ``train_classifier`` and load ``workdir/weights`` (best.pt, step_<k>.pt, state.pt)."""
-    workdir = Path(workdir)
-    path = workdir / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no config.json in {workdir}; was it written by train_classifier?")
-    model = Classifier(**json.loads(path.read_text())["model"])
-    if device is not None:
-        model.to(device)
-    return load_weights(model, workdir / weights)
+    return load_trained(Classifier, workdir, weights, device)
 
 
 def n_parameters(model: nn.Module) -> int:

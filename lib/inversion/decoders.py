@@ -18,7 +18,6 @@ Images are uint8 [N, C, H, W] in 0..255 or float in [0, 1]; the squared error is
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -28,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inversion.classifier import check_images, write_run_config
-from inversion.training import TrainConfig, TrainResult, fit, load_weights
+from inversion.classifier import check_images
+from inversion.training import TrainConfig, TrainResult, fit, load_trained, write_run_config
 
 
 class MSEDecoder(nn.Module):
@@ -190,23 +189,13 @@ def train_decoder(
     def eval_fn(m):
         return dict(score=-evaluate_mse(m, *valid))  # fit maximises the score
 
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every if valid is not None else 0,
-                      patience=patience if valid is not None else 0, checkpoint_every=checkpoint_every,
-                      snapshot_steps=tuple(int(s) for s in snapshot_steps), seed=seed, progress=progress)
-    result = fit(decoder, loss_fn, (contexts, images), cfg, workdir, eval_fn=eval_fn if valid is not None else None,
-                 device=device, desc="mse decoder")
-    if valid is not None:
-        load_weights(decoder, workdir / "best.pt")
-    return result
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
+                      checkpoint_every=checkpoint_every, snapshot_steps=tuple(int(s) for s in snapshot_steps),
+                      seed=seed, progress=progress)
+    return fit(decoder, loss_fn, (contexts, images), cfg, workdir, eval_fn=eval_fn if valid is not None else None,
+               device=device, desc="mse decoder", restore_best=True)
 
 
 def load_decoder(workdir: str | os.PathLike, weights: str = "best.pt", device=None) -> MSEDecoder:
     """Rebuild a decoder trained by ``train_decoder`` and load ``workdir/weights``."""
-    workdir = Path(workdir)
-    path = workdir / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no config.json in {workdir}; was it written by train_decoder?")
-    decoder = MSEDecoder(**json.loads(path.read_text())["model"])
-    if device is not None:
-        decoder.to(device)
-    return load_weights(decoder, workdir / weights)
+    return load_trained(MSEDecoder, workdir, weights, device)

@@ -605,11 +605,14 @@ def train_pixelcnn(model, images, contexts, workdir, steps, batch_size=32, lr=1e
     Appendix A: Adam, lr 1e-3 with a multiplicative decay of 0.9999 (read here as per update; the paper
     does not say per what), early stopping on validation likelihood when ``valid=(images, contexts)``
     is given. The loss is nats per image; weight norm is data-initialised on the first batch.
-    Returns inversion.training.TrainResult; the final weights are in ``model`` and workdir/state.pt,
-    the best validation weights (when evaluated) in workdir/best.pt.
+    Returns inversion.training.TrainResult. ``model`` ends with the best validation weights when
+    ``valid`` is given (also in workdir/best.pt), else with the last ones (in workdir/state.pt);
+    workdir/config.json records the run, so ``load_trained(PixelCNNpp, workdir)`` rebuilds it.
     """
-    from inversion.training import TrainConfig, fit
+    from inversion.training import TrainConfig, fit, write_run_config
 
+    write_run_config(workdir, dict(model=model.config, lr=lr, lr_decay=lr_decay, batch_size=batch_size, bf16=bf16,
+                                   seed=seed))
     conditional = contexts is not None
     data = [images, contexts] if conditional else [images]
 
@@ -630,4 +633,5 @@ def train_pixelcnn(model, images, contexts, workdir, steps, batch_size=32, lr=1e
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, adam_betas=(0.95, 0.9995),
                       eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every, bf16=bf16,
                       seed=seed, progress=progress)
-    return fit(model, loss_fn, data, cfg, workdir, eval_fn=eval_fn, on_start=on_start, device=device, desc=desc)
+    return fit(model, loss_fn, data, cfg, workdir, eval_fn=eval_fn, on_start=on_start, device=device, desc=desc,
+               restore_best=True)

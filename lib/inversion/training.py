@@ -15,6 +15,7 @@ What it guarantees, so callers need not:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -87,13 +88,15 @@ def fit(
     on_start: Callable[[torch.nn.Module, Sequence[torch.Tensor]], None] | None = None,
     device: str | torch.device | None = None,
     desc: str = "train",
+    restore_best: bool = False,
 ) -> TrainResult:
     """Train ``model`` to minimise ``loss_fn(model, batch)`` over ``data`` (tensors sharing dim 0).
 
     ``eval_fn(model)`` returns a dict with a ``"score"`` (higher is better) and any other metrics to log;
     it is called every ``cfg.eval_every`` steps with the model in eval mode. ``on_start(model, batch)``
     runs once on the first batch of a fresh run (weight norm's data-dependent init uses it).
-    The batch tensors are moved to ``device`` (default: the model's).
+    The batch tensors are moved to ``device`` (default: the model's). With ``restore_best`` the model
+    ends with the best-scoring weights (early stopping's answer) instead of the last ones.
     """
     if cfg.steps < 0:
         raise ValueError(f"steps must be >= 0, got {cfg.steps}")
@@ -188,6 +191,8 @@ def fit(
         evaluate(last_loss)
     state["seconds"] = time.perf_counter() - t0
     save_state()
+    if restore_best and eval_fn is not None:
+        load_weights(model, workdir / "best.pt")
     return TrainResult(
         step=state["step"],
         best_score=state["best_score"] if state["best_step"] >= 0 else float("nan"),
@@ -206,3 +211,33 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Mo
     saved = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
     model.load_state_dict(saved["model"] if "optimizer" in saved else saved)
     return model
+
+
+def write_run_config(workdir: str | os.PathLike, run_config: dict) -> None:
+    """Write ``workdir/config.json`` (what is trained, so it can be rebuilt); refuse to resume a workdir whose
+    checkpoint belongs to a different run, which would otherwise fail deep inside load_state_dict or, worse,
+    silently continue with other settings."""
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    run_config = json.loads(json.dumps(run_config))  # tuples become lists, as they come back from disk
+    if path.exists() and (workdir / "state.pt").exists():
+        saved = json.loads(path.read_text())
+        if saved != run_config:
+            raise ValueError(f"{workdir} holds a different run ({saved}); not resuming it as {run_config}. "
+                             "Use another workdir or delete this one.")
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(run_config, indent=1))
+    os.replace(tmp, path)
+
+
+def load_trained(model_class, workdir: str | os.PathLike, weights: str = "best.pt", device=None):
+    """Rebuild ``model_class(**config["model"])`` from ``workdir/config.json`` and load ``workdir/weights``."""
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no config.json in {workdir}; was it written by a train_* function?")
+    model = model_class(**json.loads(path.read_text())["model"])
+    if device is not None:
+        model.to(device)
+    return load_weights(model, workdir / weights)
