@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 LIKELIHOODS = ("softmax", "logistic_mixture")
 
@@ -550,8 +551,6 @@ class PixelCNNpp(nn.Module):
     def _sample_naive(self, context, noise, n, progress):
         C, H, W = self.image_shape
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=self.device)
-        from tqdm.auto import tqdm
-
         for i in tqdm(range(H * W), disable=not progress, desc="sample (naive)", leave=False):
             r, c = divmod(i, W)
             out = self.forward(self._scale(x), context)
@@ -563,8 +562,6 @@ class PixelCNNpp(nn.Module):
         C, H, W = self.image_shape
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=self.device)
         active = torch.arange(n, device=self.device)
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n, disable=not progress, desc="sample (fixed point)", leave=False)
         self.last_sample_passes = 0  # network passes the last fixed-point sample took (for benchmarks)
         for _ in range(H * W + 1):
