@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 PARAMS ?= quick
 # pytest-level parallelism is not worth it on 2 cores; torch uses both.
 PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BROWSER_DIR := tests/browser
 
-.PHONY: test book data venv clean
+.PHONY: test book book-execute book-html data venv browser-deps vendor clean
 
 venv: $(VENV)/.installed
 
@@ -22,11 +24,33 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 data: venv
 	$(PY) -m inversion.data fetch mnist fashion_mnist
 
-test: venv data
+# The browser check of the built book: Debian's chromium, driven by playwright-core (pinned in
+# tests/browser/package-lock.json). Both steps are no-ops when already installed.
+browser-deps: $(BROWSER_DIR)/node_modules/.installed
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+$(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --silent
+	touch $@
+
+# MathJax and the widget manager for the offline site (npm pack, sha256-pinned; cached in .vendor/).
+vendor: venv
+	$(PY) tools/vendor.py book/assets
+
+test: venv data browser-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Execute every chapter with papermill and params/$(PARAMS).yaml into book/, then build book/_build/html
+# (warnings are errors; the built pages are checked for remote scripts/styles). PARAMS=smoke|quick|paper.
 book: venv data
-	@echo "The book pipeline is built in issue 4; nothing to build yet." >&2
+	$(PY) tools/build_book.py --params $(PARAMS)
+
+# The two halves of `make book`: run the chapters only / rebuild the site from the executed notebooks.
+book-execute: venv data
+	$(PY) tools/build_book.py --params $(PARAMS) --no-build
+
+book-html: venv
+	$(PY) tools/build_book.py --params $(PARAMS) --no-execute
 
 clean:
 	rm -rf book/_build

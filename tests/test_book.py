@@ -1,0 +1,156 @@
+"""The book with the smoke parameter set: every chapter under nbval, the jupyter-book build (warnings are
+errors), the built pages, and a real headless browser on the offline site.
+
+All of it runs against a fresh stage cache in a temporary directory (INVERSION_CACHE), so the stages are
+really computed here; the nbval run fills the cache and the build reuses it.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+import build_book  # noqa: E402
+
+CHAPTERS = build_book.chapter_names()
+TITLES = {"intro": "Inverting supervised representations: a reproducible book",
+          "background": "Background: autoregressive inversion models and the bound",
+          "layers": "Inverting the layers of a classifier"}
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+PLAYWRIGHT = REPO / "tests" / "browser" / "node_modules" / "playwright-core"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("book")
+    env = {**os.environ, "INVERSION_CACHE": str(root / "cache"), "PYTHONWARNINGS": "ignore"}
+    return root, env
+
+
+def test_chapter_sources_are_text_notebooks():
+    assert set(CHAPTERS) == set(TITLES), f"chapters/ holds {CHAPTERS}"
+    toc = (REPO / "_toc.yml").read_text()
+    for name in CHAPTERS:
+        src = (REPO / "chapters" / f"{name}.md").read_text()
+        assert "format_name: myst" in src and "```{code-cell}" in src
+        assert re.search(r"```\{code-cell\} ipython3\n:tags: \[parameters\]\n\nparams = \"quick\"", src), \
+            f"{name}: the first code cell must be the parameters cell with params = \"quick\""
+        assert re.search(rf"(root|file): {name}\b", toc), f"{name} is not in _toc.yml"
+
+
+def test_every_chapter_runs_under_nbval_with_the_smoke_set(workspace):
+    root, env = workspace
+    import jupytext
+    import papermill
+
+    nb_dir = root / "nbval"
+    nb_dir.mkdir()
+    for name in CHAPTERS:
+        nb = jupytext.read(REPO / "chapters" / f"{name}.md")
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        papermill.execute_notebook(nb, str(nb_dir / f"{name}.ipynb"), parameters={"params": "smoke"},
+                                   prepare_only=True, kernel_name="python3", progress_bar=False)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
+                           "--rootdir", str(nb_dir), *sorted(str(p) for p in nb_dir.glob("*.ipynb"))],
+                          cwd=nb_dir, env=env, capture_output=True, text=True, timeout=900)
+    tail = (proc.stdout + proc.stderr)[-5000:]
+    assert proc.returncode == 0, f"nbval failed after {time.perf_counter() - t0:.0f} s:\n{tail}"
+    m = re.search(r"(\d+) passed", proc.stdout)
+    assert m and int(m.group(1)) >= 3 * len(CHAPTERS), tail
+    assert "failed" not in proc.stdout.splitlines()[-1], tail
+
+
+@pytest.fixture(scope="module")
+def built(workspace):
+    """Execute every chapter with papermill (smoke) and build the site; returns the html folder."""
+    root, env = workspace
+    out = root / "book"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "build_book.py"), "--params", "smoke", "--out",
+                           str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"build failed:\n{(proc.stdout + proc.stderr)[-6000:]}"
+    return out / "_build" / "html"
+
+
+def test_book_builds_with_every_chapter_and_nothing_remote(built):
+    pages = {p.stem: p.read_text() for p in built.glob("*.html")}
+    for name in CHAPTERS:
+        page = "index" if name == "intro" and "intro" not in pages else name
+        assert page in pages, f"no page for {name}"
+        assert TITLES[name] in pages[page], f"{name}: title missing from the built page"
+    assert build_book.check_site(built, CHAPTERS) == []
+    # the checker itself must catch a remote script or stylesheet
+    (built / "bad.html").write_text('<html><head><script src="https://cdn.example.org/x.js"></script>'
+                                    '<link rel="stylesheet" href="//cdn.example.org/y.css"></head></html>')
+    try:
+        assert len(build_book.check_site(built, CHAPTERS)) == 2
+    finally:
+        (built / "bad.html").unlink()
+    for name, page in pages.items():
+        for m in re.finditer(r"""<(?:script|link)\b[^>]*?\b(?:src|href)=["']([^"']+)["']""", page):
+            assert not re.match(r"(https?:)?//", m.group(1)), f"{name}: {m.group(0)}"
+    # offline assets are really there and referenced
+    layers = pages["layers"]
+    assert "_static/mathjax/tex-chtml.js" in layers and (built / "_static" / "mathjax" / "tex-chtml.js").exists()
+    assert "_static/widgets/embed.js" in layers and (built / "_static" / "widgets" / "embed.js").exists()
+    assert "application/vnd.jupyter.widget-state+json" in layers, "the run's widget state was not saved"
+    assert layers.count("application/vnd.jupyter.widget-view+json") == 1, "exactly one widget (the scrubber)"
+    assert "inversion-scrubber" in layers
+    # glued numbers rendered, and each stage-backed chapter ends with its claims and provenance tables
+    for name in ("background", "layers"):
+        assert "reproduced?" in pages[name] and "Provenance" in pages[name], name
+    assert "Run: parameter set smoke" in layers, "figures carry their provenance"
+    # a number in the prose is the run's number (glued from the stage result, not typed)
+    from inversion import stages
+
+    clf = stages.layers_plan(stages.load_params("smoke"), "mnist")["classifier"]
+    text = re.sub(r"<[^>]+>", "", layers)
+    cache_root = built.parents[2] / "cache" / "smoke"
+    acc = json.loads((cache_root / clf.dirname / "result.json").read_text())["metrics"]["test_accuracy"]
+    assert f"The MNIST classifier reaches {100 * acc:.2f} % test accuracy" in text
+    assert "Traceback" not in "".join(pages.values()), "an executed cell failed"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_browser_scrubs_offline(built, tmp_path):
+    if not Path(CHROMIUM).exists() or not PLAYWRIGHT.exists():
+        pytest.fail(f"needs {CHROMIUM} and {PLAYWRIGHT} (`make browser-deps` installs both)")
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=built,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        proc = subprocess.run(["node", str(REPO / "tests" / "browser" / "check_book.mjs"), "--url",
+                               f"http://127.0.0.1:{port}/", "--chromium", CHROMIUM, "--shots", str(tmp_path)],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert proc.stdout.strip(), proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["external"] == [], f"requests left the machine: {report['external']}"
+    assert report["errors"] == [], report["errors"]
+    assert report["ok"], report["failures"]
+    assert report["steps"]["slider"]["changed"] and report["steps"]["layer"]["changed"]
+    assert report["steps"]["mathjax"]["containers"] > 10
+    assert (tmp_path / "scrubber-final.png").stat().st_size > 5000

@@ -1,0 +1,121 @@
+"""Build the book: execute every chapter with papermill and a parameter set, then build the static site.
+
+    python tools/build_book.py [--params quick] [--out book] [--only layers ...] [--no-build] [--no-execute]
+
+1. chapters/<name>.md (MyST-markdown jupytext notebooks, the only sources) are converted in memory and
+   executed by papermill with ``params=<set>`` into <out>/<name>.ipynb. The introduction runs last, so it
+   can report what the other chapters computed. Heavy steps are cached stages (inversion.stages), so a
+   rerun with the same parameters only re-renders.
+2. _config.yml and _toc.yml are copied beside the notebooks, the vendored MathJax and widget manager into
+   <out>/assets (tools/vendor.py), and jupyter-book builds <out>/_build/html with warnings as errors.
+3. The built pages are checked: every chapter has a page, and no page loads a script or stylesheet from
+   a remote URL.
+
+Exit status 0 only when all three steps succeed. Timings go to <out>/build-info.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHAPTERS = REPO / "chapters"
+# Execution order: the introduction summarises the cache the others fill, so it runs last.
+EXECUTION_ORDER = ("background", "layers", "intro")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vendor  # noqa: E402
+
+
+def chapter_names() -> list[str]:
+    names = sorted(p.stem for p in CHAPTERS.glob("*.md"))
+    return sorted(names, key=lambda n: EXECUTION_ORDER.index(n) if n in EXECUTION_ORDER else len(EXECUTION_ORDER))
+
+
+def execute(name: str, params: str, out_dir: Path, extra: dict | None = None, timeout: int | None = None) -> float:
+    """Run chapters/<name>.md through papermill into out_dir/<name>.ipynb; returns seconds."""
+    import jupytext
+    import papermill
+
+    nb = jupytext.read(CHAPTERS / f"{name}.md")
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    t0 = time.perf_counter()
+    papermill.execute_notebook(nb, str(out_dir / f"{name}.ipynb"), parameters={"params": params, **(extra or {})},
+                               kernel_name="python3", progress_bar=False, cwd=str(REPO), execution_timeout=timeout)
+    return time.perf_counter() - t0
+
+
+REMOTE = re.compile(r"""<(script|link)\b[^>]*?\b(src|href)\s*=\s*["']((?:https?:)?//[^"']+)["']""", re.I)
+
+
+def check_site(html_dir: Path, chapters: list[str]) -> list[str]:
+    """Problems with the built site: missing chapter pages, scripts/styles loaded from remote URLs."""
+    problems = [f"no page for chapter {c}" for c in chapters if not (html_dir / f"{c}.html").exists()]
+    for page in sorted(html_dir.glob("*.html")):
+        for m in REMOTE.finditer(page.read_text(errors="replace")):
+            problems.append(f"{page.name}: <{m.group(1)} {m.group(2)}={m.group(3)}>")
+    return problems
+
+
+def build(out_dir: Path) -> None:
+    for f in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / f, out_dir / f)
+    vendor.install(out_dir / "assets")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(out_dir), "--all", "-W", "--keep-going", "-q"]
+    proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
+    sys.stdout.write(proc.stdout[-4000:])
+    sys.stderr.write(proc.stderr[-8000:])
+    if proc.returncode != 0:
+        raise SystemExit(f"jupyter-book build failed (exit {proc.returncode}); see the warnings above")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=os.environ.get("PARAMS", "quick"), help="parameter set (name or YAML path)")
+    ap.add_argument("--out", default=str(REPO / "book"), help="output folder (default book/)")
+    ap.add_argument("--only", nargs="*", default=None, help="execute only these chapters (others must exist)")
+    ap.add_argument("--no-execute", action="store_true", help="build from the notebooks already in --out")
+    ap.add_argument("--no-build", action="store_true", help="execute only; do not build the site")
+    ap.add_argument("--read-only", action="store_true", help="chapters only read the stage cache (compute=False)")
+    ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
+    args = ap.parse_args(argv)
+    out_dir = Path(args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chapters = chapter_names()
+    info = {"params": args.params, "chapters": {}}
+    t_all = time.perf_counter()
+    if not args.no_execute:
+        extra = {"compute": False} if args.read_only else {}
+        for name in chapters:
+            if args.only and name not in args.only:
+                continue
+            print(f"executing {name} with params={args.params} ...", flush=True)
+            secs = execute(name, args.params, out_dir, extra, args.timeout)
+            info["chapters"][name] = round(secs, 1)
+            print(f"  {name}: {secs:.1f} s", flush=True)
+    if not args.no_build:
+        t0 = time.perf_counter()
+        build(out_dir)
+        info["build_seconds"] = round(time.perf_counter() - t0, 1)
+        problems = check_site(out_dir / "_build" / "html", chapters)
+        if problems:
+            print("site check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 1
+        print(f"built {out_dir / '_build' / 'html' / 'index.html'} in {info['build_seconds']:.1f} s", flush=True)
+    info["total_seconds"] = round(time.perf_counter() - t_all, 1)
+    (out_dir / "build-info.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"done in {info['total_seconds']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
