@@ -127,33 +127,38 @@ def figure2(inputs: np.ndarray, top_samples: np.ndarray, neighbours: np.ndarray,
 
 
 def nce_plot(per_dataset: Mapping[str, Mapping[str, tuple[float, float]]], relative_err=None):
-    """Fig. 5a: NCE per layer (nats, ± standard error), absolute and relative to |NCE(CONV1)|.
+    """Fig. 5a: NCE per layer (nats, ± 2 standard errors): absolute, one panel per dataset (their scales
+    differ by 1000s of nats), and relative to |NCE(CONV1)| for all datasets together, as in the paper.
 
     ``per_dataset`` maps dataset -> {layer: (nats, stderr)}; ``relative_err`` optionally maps dataset ->
     {layer: stderr of the relative value}.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    n = len(per_dataset)
+    fig = plt.figure(figsize=(max(9.5, 3.2 * n), 6.4))
+    gs = fig.add_gridspec(2, n, height_ratios=[1, 1.15], hspace=0.45, wspace=0.35)
     markers = "osD^v"
+    rel_ax = fig.add_subplot(gs[1, :])
     for i, (ds, layers) in enumerate(per_dataset.items()):
         names = list(layers)
         x = np.arange(len(names))
-        nats = np.array([layers[n][0] for n in names])
-        err = np.array([layers[n][1] for n in names])
-        axes[0].errorbar(x, nats, yerr=2 * err, marker=markers[i % 5], capsize=3, label=dataset_label(ds))
-        ref = abs(nats[0])
-        rel_err = (np.array([relative_err[ds][n] for n in names]) if relative_err else err / ref)
-        axes[1].errorbar(x, nats / ref, yerr=2 * rel_err, marker=markers[i % 5], capsize=3,
-                         label=dataset_label(ds))
-    for ax in axes:
-        ax.set_xticks(np.arange(len(names)), [layer_label(n) for n in names])
+        nats = np.array([layers[l][0] for l in names])
+        err = np.array([layers[l][1] for l in names])
+        ax = fig.add_subplot(gs[0, i])
+        ax.errorbar(x, nats, yerr=2 * err, marker=markers[i % 5], color=f"C{i}", capsize=3)
+        ax.set_title(f"{dataset_label(ds)}: NCE [nats/image]", fontsize=9.5)
+        ax.set_xticks(x, [layer_label(l) for l in names], fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("NCE = mean log p(x | h)  [nats/image]")
-    axes[0].set_title("absolute", fontsize=10)
-    axes[1].set_ylabel("NCE / |NCE(CONV1)|")
-    axes[1].set_title("relative to CONV1 (as Fig. 5a)", fontsize=10)
-    fig.text(0.5, -0.02, "error bars: ± 2 standard errors over test images", ha="center", fontsize=8)
-    fig.tight_layout()
+        ref = abs(nats[0])
+        rel_err = np.array([relative_err[ds][l] for l in names]) if relative_err else err / ref
+        rel_ax.errorbar(x, nats / ref, yerr=2 * rel_err, marker=markers[i % 5], color=f"C{i}", capsize=3,
+                        label=dataset_label(ds))
+    rel_ax.set_xticks(np.arange(len(names)), [layer_label(l) for l in names])
+    rel_ax.set_ylabel("NCE / |NCE(CONV1)|")
+    rel_ax.set_title("relative to the CONV1 cross-entropy, as in the paper's Fig. 5a", fontsize=10)
+    rel_ax.grid(alpha=0.3)
+    rel_ax.legend(fontsize=8)
+    fig.text(0.5, 0.005, "error bars: ± 2 standard errors over test images (relative: paired, delta method)",
+             ha="center", fontsize=8)
     return fig
 
 
@@ -261,6 +266,11 @@ def provenance_table(results: Iterable, param_set: str):
                      str(p.get("date", "?"))[:16].replace("T", " ")))
     header = ["stage result", "config", *[k for k, _ in varying], "wall s", "date (UTC)"]
     return md(head + markdown_table(header, rows, "ll" + "l" * len(varying) + "rl"))
+
+
+def caption(results: Iterable, param_set: str):
+    """The provenance line under a figure, as wrapped Markdown."""
+    return md(f"*{provenance_caption(results, param_set)}*")
 
 
 def provenance_caption(results: Iterable, param_set: str) -> str:
