@@ -538,7 +538,6 @@ def _inversion(ctx: Context) -> dict:
     """Train a conditional PixelCNN++ p(x | h) on one classifier layer (§4, Appendix A)."""
     from inversion import data
     from inversion.pixelcnn import PixelCNNpp, train_pixelcnn
-    from inversion.training import load_weights
 
     c = ctx.config
     clf_res = ctx.dep("classifier", need=("model.pt",))
@@ -558,9 +557,7 @@ def _inversion(ctx: Context) -> dict:
                          lr_decay=c["lr_decay"], valid=valid, eval_every=c["eval_every"], patience=c["patience"],
                          bf16=c["bf16"], seed=c["seed"], device=ctx.device, progress=ctx.progress,
                          desc=f"pixelcnn {dataset}/{c['layer']}")
-    if valid is not None and (ctx.work / "best.pt").exists():
-        load_weights(model, ctx.work / "best.pt")
-    torch.save(model.state_dict(), ctx.out / "model.pt")
+    torch.save(model.state_dict(), ctx.out / "model.pt")  # train_pixelcnn left the best weights in model
     (ctx.out / "model.json").write_text(json.dumps(_jsonable(model.config), indent=1))
     losses = [row["loss"] for row in res.history]
     ctx.log(f"{res.step} steps in {res.seconds:.0f} s")
