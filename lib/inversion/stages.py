@@ -530,6 +530,17 @@ def load_inversion(result: Result, device=None):
     return model.to(device or "cpu").eval()
 
 
+def _layer_training_pairs(ctx: Context):
+    """(dataset, classifier, training images, their activations at ctx.config["layer"]): what every model
+    that inverts a layer (PixelCNN++ or MSE decoder) is trained on."""
+    c = ctx.config
+    clf_res = ctx.dep("classifier", need=("model.pt",))
+    dataset = clf_res.config["dataset"]
+    clf = load_classifier(clf_res, ctx.device)
+    x_tr = _subset(_load(dataset, "train")[0], c["n_train"])
+    return dataset, clf, x_tr, _features(clf, x_tr, c["layer"], ctx.device)
+
+
 @_stage("inversion", "1", deps=("classifier",), checkpoints=("model.pt",), defaults=dict(
     layer=_REQUIRED, n_filters=64, n_resnet=3, n_resolutions=3, likelihood="softmax", n_mixtures=10, dropout=0.5,
     context_dropout=0.0, steps=250000, batch_size=32, lr=1e-3, lr_decay=0.9999, n_train=None, n_valid=1000,
@@ -540,11 +551,7 @@ def _inversion(ctx: Context) -> dict:
     from inversion.pixelcnn import PixelCNNpp, train_pixelcnn
 
     c = ctx.config
-    clf_res = ctx.dep("classifier", need=("model.pt",))
-    dataset = clf_res.config["dataset"]
-    clf = load_classifier(clf_res, ctx.device)
-    x_tr = _subset(_load(dataset, "train")[0], c["n_train"])
-    h_tr = _features(clf, x_tr, c["layer"], ctx.device)
+    dataset, clf, x_tr, h_tr = _layer_training_pairs(ctx)
     valid = None
     if c["eval_every"] and c["n_valid"]:
         x_va = _load(dataset, "valid")[0][: c["n_valid"]]
@@ -594,11 +601,7 @@ def _decoder(ctx: Context) -> dict:
     from inversion.decoders import MSEDecoder, evaluate_mse, train_decoder
 
     c = ctx.config
-    clf_res = ctx.dep("classifier", need=("model.pt",))
-    dataset = clf_res.config["dataset"]
-    clf = load_classifier(clf_res, ctx.device)
-    x_tr = _subset(_load(dataset, "train")[0], c["n_train"])
-    h_tr = _features(clf, x_tr, c["layer"], ctx.device)
+    dataset, clf, x_tr, h_tr = _layer_training_pairs(ctx)
     x_va = _load(dataset, "valid")[0][: c["n_valid"]]
     valid = (_features(clf, x_va, c["layer"], ctx.device), x_va) if c["eval_every"] and c["n_valid"] else None
     torch.manual_seed(c["seed"])
