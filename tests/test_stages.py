@@ -144,10 +144,10 @@ def test_parameter_sets_plan_every_stage(name):
     header = [l for l in (REPO / "params" / f"{name}.yaml").read_text().splitlines() if l.startswith("#")]
     assert len(header) >= 3, "each parameter set says in a comment what it scales down"
     plan = stages.plan(P)
-    assert set(plan) == {"background", "layers"}
+    assert {"background", "layers", "architectures", "dynamics"} <= set(plan)
     refs = list(stages.iter_refs(plan))
     kinds = {r.stage for r in refs}
-    assert kinds == {"toy_bound", "classifier", "inversion", "nce", "decoder", "samples", "neighbours"}
+    assert {"toy_bound", "classifier", "snapshot", "inversion", "nce", "decoder", "samples", "neighbours"} <= kinds
     for ds, p in plan["layers"].items():
         assert list(p["layers"]) == ["conv1", "conv2", "fc3", "logits"]
         assert p["figure2"].config["keep_topk"] and p["figure2"].deps["inversion"] is p["layers"]["fc3"]["inversion"]
@@ -241,3 +241,61 @@ def test_wall_time_excludes_dependencies_computed_on_the_way(cache):
     res = cache.result(r)  # computes the slow dependency from inside
     assert res.provenance["wall_s"] < 0.2
     assert cache.result(r.deps["slow"]).provenance["wall_s"] >= 0.3
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_architectures_and_dynamics_plans(name):
+    P = stages.load_params(name)
+    arch = stages.architectures_plan(P)
+    assert list(arch) == ["fc", "conv", "conv_gmp"]
+    for a, r in arch.items():
+        assert r["classifier"].config["arch"] == a and r["classifier"].config["dataset"] == "affnist"
+        assert r["inversion"].config["layer"] == "fc3" and r["nce"].deps["inversion"] is r["inversion"]
+        assert r["samples"].deps["classifier"] is r["classifier"]
+    dyn = stages.dynamics_plan(P)
+    steps = dyn["steps"]
+    assert steps[0] == 0 and steps == sorted(steps) and set(dyn["regimes"]) == {"regular", "overfit"}
+    reg, ovf = dyn["regimes"]["regular"], dyn["regimes"]["overfit"]
+    for R in (reg, ovf):
+        c = R["classifier"].config
+        assert c["patience"] == 0 and c["steps"] == max(steps) and c["snapshot_steps"] == steps
+        for layer in dyn["layers"]:
+            for t in steps:
+                inv = R["inversion"][layer][t]
+                assert inv.deps["classifier"] is R["snapshots"][t] and inv.config["layer"] == layer
+                assert R["nce"][layer][t].deps["inversion"] is inv
+    assert ovf["classifier"].config["overfit_n"] == 100 and ovf["classifier"].config["dropout"] == [0.0] * 3
+    # both start from the same random network, so the step-0 snapshot (and its inversion models) is shared;
+    # every later snapshot is the regime's own
+    assert ovf["snapshots"][0] is reg["snapshots"][0]
+    assert all(ovf["snapshots"][t].key != reg["snapshots"][t].key for t in steps[1:])
+    other_seed = stages.dynamics_plan(stages.load_params(name, {"dynamics": {"regimes": {"overfit": {"seed": 1}}}}))
+    assert other_seed["regimes"]["overfit"]["snapshots"][0].key != reg["snapshots"][0].key
+
+
+def test_snapshot_is_the_classifier_after_exactly_that_many_updates(tmp_path):
+    import torch
+
+    from inversion.classifier import load_classifier
+
+    P = Params("unit", {})
+    cache = Cache(P, root=tmp_path, device="cpu", log=lambda m: None)
+    clf = ref("classifier", {"dataset": "mnist", "steps": 6, "snapshot_steps": [0, 3, 6], "patience": 0,
+                             "eval_every": 3, "n_train": 256, "overfit_n": 50, "dropout": [0.0] * 3})
+    snaps = {t: ref("snapshot", {"dataset": "mnist", "step": t, "n_eval": 100}, classifier=clf) for t in (0, 3, 6)}
+    res = {t: cache.result(r) for t, r in snaps.items()}
+    weights = {t: load_classifier(res[t].dir, "model.pt").state_dict() for t in res}
+    assert not torch.equal(weights[0]["fc3.weight"], weights[3]["fc3.weight"])
+    clf_dir = cache.result(clf).dir
+    for t in res:
+        ref_w = load_classifier(clf_dir, f"step_{t}.pt").state_dict()
+        assert all(torch.equal(ref_w[k], weights[t][k]) for k in ref_w)
+        m = res[t].metrics
+        assert m["step"] == t and 0 <= m["test_accuracy"] <= 1 and m["n_train_eval"] == 50  # the overfit set
+    # a snapshot stands in for a classifier downstream
+    inv = ref("inversion", {"layer": "fc3", "n_filters": 4, "n_resnet": 1, "n_resolutions": 2, "steps": 2,
+                            "batch_size": 8, "n_train": 64, "dropout": 0.0}, classifier=snaps[3])
+    nce = cache.result(ref("nce", {"n_test": 16}, classifier=snaps[3], inversion=inv))
+    assert nce.metrics["n"] == 16 and np.isfinite(nce.metrics["nats"])
+    with pytest.raises(ValueError, match="snapshot of a mnist classifier"):
+        cache.result(ref("snapshot", {"dataset": "fashion_mnist", "step": 3}, classifier=clf))

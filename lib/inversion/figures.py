@@ -259,7 +259,8 @@ def provenance_table(results: Iterable, param_set: str):
     rows = []
     for r in results:
         c = r.config
-        what = ", ".join(f"{k}={c[k]}" for k in ("dataset", "layer", "steps", "n_test", "n_images", "n_samples")
+        what = ", ".join(f"{k}={c[k]}" for k in ("dataset", "arch", "layer", "step", "steps", "n_test", "n_images",
+                                                  "n_samples")
                          if k in c and c[k] is not None)
         p = r.provenance
         rows.append((f"`{r.dir.name}`", what, *[get(p) for _, get in varying], f"{p.get('wall_s', float('nan')):.0f}",

@@ -27,9 +27,10 @@ recomputed, with a warning. So copying the ``result.json`` and ``*.npz``/``*.npy
 parameter set is enough to rebuild its chapters; checkpoints are needed only to compute new downstream
 stages (e.g. more samples) without retraining.
 
-Parameter sets are YAML files in ``params/`` nested per book section (``background``, ``layers``, and
-later ``architectures``, ``dynamics``, ``estimators``); ``load_params`` reads one, applies overrides, and
-the section functions (``background``, ``layers``) turn it into refs and results. Chapters and the command
+Parameter sets are YAML files in ``params/`` nested per book section (``background``, ``layers``,
+``architectures``, ``dynamics``, ``estimators``); ``load_params`` reads one, applies overrides, and
+the section functions (``background``, ``layers``, ``architectures``, ``dynamics``) turn it into refs and
+results. Chapters and the command
 line call the same functions:
 
     python -m inversion.stages run  --params params/paper.yaml [--only layers:mnist] [--device cuda]
@@ -64,11 +65,12 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 PARAMS_DIR = REPO / "params"
 CACHE_ENV = "INVERSION_CACHE"
-SECTIONS = ("background", "layers")  # book sections that have stages, in book order
+SECTIONS = ("background", "layers", "architectures", "dynamics", "estimators")  # book sections that have stages, in book order
 
 __all__ = [
     "Cache", "Params", "Ref", "Result", "StageMissing", "STAGES", "SECTIONS",
-    "load_params", "ref", "background", "layers", "layers_plan", "background_plan", "plan", "main",
+    "load_params", "ref", "background", "layers", "architectures", "dynamics", "layers_plan", "background_plan",
+    "architectures_plan", "dynamics_plan", "plan", "main",
 ]
 
 
@@ -221,7 +223,7 @@ class Ref:
         return f"{self.stage}-{self.key}"
 
     def describe(self) -> str:
-        short = {k: v for k, v in self.config.items() if k in ("dataset", "layer", "arch", "steps", "n_images",
+        short = {k: v for k, v in self.config.items() if k in ("dataset", "layer", "arch", "step", "steps", "n_images",
                                                                 "n_samples", "n_test", "contexts")}
         return f"{self.dirname} {short}" if short else self.dirname
 
@@ -513,6 +515,42 @@ def _classifier(ctx: Context) -> dict:
     return dict(test_accuracy=test_acc, valid_accuracy=res.best_score, best_step=res.best_step, steps=res.step,
                 stopped_early=res.stopped_early, train_seconds=res.seconds, n_parameters=n_parameters(model),
                 history=res.history)
+
+
+@_stage("snapshot", "1", deps=("classifier",), checkpoints=("model.pt",), defaults=dict(
+    dataset=_REQUIRED, step=_REQUIRED, n_eval=5000))
+def _snapshot(ctx: Context) -> dict:
+    """The classifier as it was after exactly ``step`` updates (§5.3), as a classifier result of its own.
+
+    Stages that consume a classifier (inversion, nce, decoder, samples, estimators) take a snapshot in its
+    place. Its metrics: test accuracy, and accuracy on (up to ``n_eval`` of) the images it was trained on, so
+    the chapter can show the generalisation gap of the overfitted network next to its NCE.
+    """
+    from inversion.classifier import accuracy
+
+    c = ctx.config
+    name = f"step_{c['step']}.pt"
+    clf_res = ctx.dep("classifier", need=(name,))
+    if clf_res.config["dataset"] != c["dataset"]:
+        raise ValueError(f"snapshot of a {clf_res.config['dataset']} classifier asked for dataset {c['dataset']!r}")
+    shutil.copy(clf_res.path(name), ctx.out / "model.pt")
+    shutil.copy(clf_res.path("config.json"), ctx.out / "config.json")
+    clf = load_classifier(_Dir(ctx.out), ctx.device)
+    cc = clf_res.config
+    n_fit = cc["overfit_n"] or cc["n_train"]
+    x_tr, y_tr = (_subset(t, n_fit) for t in _load(c["dataset"], "train"))
+    x_tr, y_tr = x_tr[: c["n_eval"]], y_tr[: c["n_eval"]]
+    test_acc = accuracy(clf, *_load(c["dataset"], "test"), device=ctx.device)
+    train_acc = accuracy(clf, x_tr, y_tr, device=ctx.device)
+    ctx.log(f"step {c['step']}: test accuracy {test_acc:.4f}, train accuracy {train_acc:.4f}")
+    return dict(step=c["step"], test_accuracy=test_acc, train_accuracy=train_acc, n_train_eval=len(x_tr))
+
+
+@dataclass
+class _Dir:
+    """A result directory that has no result.json yet (a stage's own output while it runs)."""
+
+    dir: Path
 
 
 def _features(clf, images, layer, device, batch_size=500):
@@ -890,6 +928,64 @@ def layers_plan(P: Params, dataset: str) -> dict:
     return plan
 
 
+def architectures_plan(P: Params) -> dict:
+    """Refs of §5.2: per architecture (fc, conv, conv_gmp) on affNIST, the classifier and, for one layer
+    (FC3), the inversion model, its NCE, the MSE decoder and samples (Fig. 4, the geometry table)."""
+    S = P.section("architectures")
+    dataset, layer, ev = S["dataset"], S["layer"], S["evaluation"]
+    out = {}
+    for arch in S["archs"]:
+        A = deep_merge(S, S.get("per_arch", {}).get(arch, {}))
+        clf = ref("classifier", {"dataset": dataset, "arch": arch, **A["classifier"]})
+        inv = ref("inversion", {"layer": layer, **A["inversion"]}, classifier=clf)
+        out[arch] = {
+            "classifier": clf,
+            "inversion": inv,
+            "nce": ref("nce", {"n_test": ev["n_test_nce"]}, classifier=clf, inversion=inv),
+            "decoder": ref("decoder", {"layer": layer, "n_test": ev["n_test_nce"], "n_show": ev["n_images"],
+                                       **A["decoder"]}, classifier=clf),
+            "samples": ref("samples", {"n_images": ev["n_images"], "n_samples": ev["n_samples"],
+                                       **A.get("sampling", {})}, classifier=clf, inversion=inv),
+        }
+    return out
+
+
+def dynamics_plan(P: Params) -> dict:
+    """Refs of §5.3: for each regime (regular, overfit) one classifier trained without early stopping and
+    snapshotted at ``steps``; per snapshot and layer an inversion model and its NCE.
+
+    Returns {"steps": [...], "layers": [...], "regimes": {regime: {"classifier": ref,
+    "snapshots": {step: ref}, "nce": {layer: {step: ref}}, "inversion": {layer: {step: ref}}}}}.
+    """
+    S = P.section("dynamics")
+    dataset, steps, ev = S["dataset"], sorted(int(s) for s in S["steps"]), S["evaluation"]
+    out = {"steps": steps, "layers": list(S["layers"]), "regimes": {}}
+    for regime, overrides in S["regimes"].items():
+        cfg = deep_merge(S["classifier"], overrides or {})
+        clf = ref("classifier", {"dataset": dataset, **cfg, "steps": max(steps), "snapshot_steps": steps,
+                                 "patience": 0})
+        R = {"classifier": clf, "snapshots": {}, "inversion": {}, "nce": {}}
+        for step in steps:
+            R["snapshots"][step] = ref("snapshot", {"dataset": dataset, "step": step}, classifier=clf)
+        # Before its first update a classifier is its initialisation, which depends only on the keys below:
+        # regimes that share them share the step-0 network, so its inversion models are trained once.
+        init = {k: clf.config[k] for k in ("dataset", "arch", "n_filters", "fc_units", "seed")}
+        for other in out["regimes"].values():
+            o = other["classifier"].config
+            if 0 in steps and all(o[k] == v for k, v in init.items()):
+                R["snapshots"][0] = other["snapshots"][0]
+                break
+        for layer in S["layers"]:
+            L = P.section("dynamics", layer=layer)
+            R["inversion"][layer], R["nce"][layer] = {}, {}
+            for step, snap in R["snapshots"].items():
+                inv = ref("inversion", {"layer": layer, **L["inversion"]}, classifier=snap)
+                R["inversion"][layer][step] = inv
+                R["nce"][layer][step] = ref("nce", {"n_test": ev["n_test_nce"]}, classifier=snap, inversion=inv)
+        out["regimes"][regime] = R
+    return out
+
+
 def plan(P: Params, only: list[str] | None = None) -> dict:
     """Every stage of a parameter set, nested by section (and dataset), optionally restricted with
     ``only=["layers", "layers:mnist", "background"]``."""
@@ -905,6 +1001,14 @@ def plan(P: Params, only: list[str] | None = None) -> dict:
         ds = [d for d in layers_datasets(P) if wanted("layers", d)]
         if ds:
             out["layers"] = {d: layers_plan(P, d) for d in ds}
+    if "architectures" in P.data and wanted("architectures"):
+        out["architectures"] = architectures_plan(P)
+    if "dynamics" in P.data and wanted("dynamics"):
+        out["dynamics"] = dynamics_plan(P)
+    if "estimators" in P.data and wanted("estimators"):
+        from inversion.estimator_stages import estimators_plan  # registers the estimator stages
+
+        out["estimators"] = estimators_plan(P)
     return out
 
 
@@ -931,6 +1035,20 @@ def layers(P: Params | str = "quick", dataset: str = "mnist", cache: Cache | Non
     P = P if isinstance(P, Params) else load_params(P)
     cache = cache or Cache(P, **cache_kw)
     return cache.results(layers_plan(P, dataset))
+
+
+def architectures(P: Params | str = "quick", cache: Cache | None = None, **cache_kw) -> dict:
+    """The §5.2 results: {arch: {"classifier", "inversion", "nce", "decoder", "samples"}}."""
+    P = P if isinstance(P, Params) else load_params(P)
+    cache = cache or Cache(P, **cache_kw)
+    return cache.results(architectures_plan(P))
+
+
+def dynamics(P: Params | str = "quick", cache: Cache | None = None, **cache_kw) -> dict:
+    """The §5.3 results, shaped like ``dynamics_plan`` with results in place of refs."""
+    P = P if isinstance(P, Params) else load_params(P)
+    cache = cache or Cache(P, **cache_kw)
+    return cache.results(dynamics_plan(P))
 
 
 # =========================================================================================================
@@ -994,7 +1112,7 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="quick", help="parameter set name (params/<name>.yaml) or YAML path")
     common.add_argument("--only", nargs="*", default=None, metavar="SECTION[:DATASET]",
-                        help="restrict to sections/datasets, e.g. layers:mnist background")
+                        help="restrict to sections/datasets, e.g. layers:mnist background dynamics")
     common.add_argument("--cache", default=None, help=f"cache root (default ${CACHE_ENV} or <repo>/cache)")
     run = sub.add_parser("run", parents=[common], help="compute every missing stage of the parameter set")
     run.add_argument("--device", default=None, help="cpu / cuda (default: the set's device, auto = cuda if present)")

@@ -46,11 +46,12 @@ def _stack(children):
     return w.Stack(children=list(children), selected_index=0)
 
 
-def scrubber(panels: Mapping[str, Mapping], scale: int = 4, interval_ms: int = 350):
+def scrubber(panels: Mapping[str, Mapping], scale: int = 4, interval_ms: int = 350, group_label: str = "dataset"):
     """The scrubber widget (an ``ipywidgets.VBox`` with CSS class ``inversion-scrubber``).
 
     ``panels`` maps dataset -> {"inputs", "layers": {layer: {"samples", "recon"}}, "labels" (optional)}. All
-    datasets must have the same layers, number of test images and samples per image.
+    datasets must have the same layers, number of test images and samples per image. The first menu is
+    named ``group_label``: its entries need not be datasets (§5.2 scrubs through networks of one dataset).
     """
     import ipywidgets as w
 
@@ -78,12 +79,13 @@ def scrubber(panels: Mapping[str, Mapping], scale: int = 4, interval_ms: int = 3
         view.add_class(cls)
 
     dataset_dd = w.Dropdown(options=[(dataset_label(d), i) for i, d in enumerate(datasets)], value=0,
-                            description="dataset", layout=w.Layout(width="220px"))
+                            description=group_label, layout=w.Layout(width="300px"))
     layer_tb = w.ToggleButtons(options=[(layer_label(l), i) for i, l in enumerate(layers)], value=0,
                                description="layer", style={"button_width": "72px"})
     labels = first.get("labels")
-    image_dd = w.Dropdown(options=[(f"test image {i + 1}" + (f" (label {labels[i]})" if labels is not None and
-                                                             len(datasets) == 1 else ""), i)
+    if any(panels[ds].get("labels") != labels for ds in datasets):
+        labels = None  # the image menu is shared: name labels only when every panel has the same ones
+    image_dd = w.Dropdown(options=[(f"test image {i + 1}" + (f" (label {labels[i]})" if labels is not None else ""), i)
                                    for i in range(n_images)], value=0, description="image",
                           layout=w.Layout(width="260px"))
     play = w.Play(value=0, min=0, max=n_samples - 1, step=1, interval=interval_ms, repeat=True, description="play")

@@ -1,0 +1,178 @@
+"""§5.2 in numbers and pictures: accuracy, NCE and sample geometry per architecture on affNIST.
+
+``architecture_summary`` turns the stage results of ``inversion.stages.architectures`` into the numbers the
+chapter quotes; ``figure4`` draws the paper's Fig. 4; ``architecture_claims`` checks the paper's claims by
+stated criteria. The geometry of samples (position, orientation, ink) is measured by
+``inversion.digit_geometry``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from inversion import digit_geometry
+from inversion.bounds import paired_difference
+from inversion.figures import fmt, image_grid
+
+ARCH_LABELS = {"fc": "fully connected", "conv": "conv", "conv_gmp": "conv + global max pool"}
+PAPER = {
+    # §5.2: test accuracy and the FC3 NCE (nats) of each network on affNIST
+    "accuracy": {"fc": 0.950, "conv": 0.987, "conv_gmp": 0.989},
+    "nce": {"fc": -715.17, "conv": -699.55, "conv_gmp": -704.01},
+}
+# The geometry ratio (error to own input / error to other same-class inputs) at or above which samples count
+# as about as far from their own input as from any other digit of the class, i.e. the property discarded.
+DISCARDED = 0.75
+PAIRS = (("conv", "fc"), ("conv", "conv_gmp"), ("conv_gmp", "fc"))  # NCE differences, as the paper states them
+
+
+def arch_label(arch: str) -> str:
+    return ARCH_LABELS.get(arch, arch)
+
+
+def architecture_summary(R: Mapping[str, Mapping]) -> dict:
+    """Numbers of one §5.2 run: {"archs", "accuracy", "nce", "bits_per_dim", "diff", "mse", "kept",
+    "kept_mse", "n_images", "n_samples"}; ``diff[(a, b)]`` is the paired NCE difference a − b ± s.e."""
+    from inversion import data
+
+    archs = list(R)
+    s: dict = {"archs": archs, "accuracy": {}, "nce": {}, "bits_per_dim": {}, "diff": {}, "mse": {}, "kept": {},
+               "kept_mse": {}}
+    lp = {}
+    dataset = R[archs[0]]["classifier"].config["dataset"]
+    x_test, y_test = data.load(dataset, "test")
+    for a in archs:
+        r = R[a]
+        s["accuracy"][a] = r["classifier"].metrics["test_accuracy"]
+        s["nce"][a] = (r["nce"].metrics["nats"], r["nce"].metrics["stderr"])
+        s["bits_per_dim"][a] = r["nce"].metrics["bits_per_dim"]
+        lp[a] = r["nce"].arrays("log_probs.npy")["array"]
+        s["mse"][a] = r["decoder"].metrics["test_mse"]
+        z = r["samples"].arrays("samples.npz")
+        idx = z["test_index"]
+        inputs, labels = x_test[idx].numpy(), y_test[idx].numpy()
+        s["kept"][a] = digit_geometry.kept_table(inputs, z["samples"], labels)
+        rec = r["decoder"].arrays("reconstructions.npz")
+        n = min(len(rec["images"]), len(idx))
+        s["kept_mse"][a] = digit_geometry.kept_table(inputs[:n], rec["images"][:n, None], labels[:n])
+        s["n_images"], s["n_samples"] = len(idx), z["samples"].shape[1]
+    for a, b in PAIRS:
+        if a in lp and b in lp:
+            s["diff"][(a, b)] = paired_difference(lp[a], lp[b])
+    s["dataset"] = dataset
+    return s
+
+
+def figure4(inputs: np.ndarray, per_arch: Mapping[str, tuple[np.ndarray, np.ndarray]], n_samples: int = 4,
+            title: str | None = None):
+    """Fig. 4: one row per test image; the input, then per architecture ``n_samples`` inversion samples from
+    FC3 and the MSE reconstruction (framed in orange). ``per_arch`` maps arch -> (samples [n, K, C, H, W],
+    reconstructions [n, C, H, W])."""
+    columns, groups, frames = [("input", inputs)], [("", 1)], [None]
+    for a, (smp, rec) in per_arch.items():
+        k = min(n_samples, smp.shape[1])
+        columns += [(f"sample {j + 1}", smp[:, j]) for j in range(k)] + [("MSE", rec)]
+        frames += [None] * k + ["tab:orange"]
+        groups.append((arch_label(a), k + 1))
+    return image_grid(columns, groups, frames, title=title, row_labels=[f"image {i + 1}" for i in range(len(inputs))])
+
+
+def geometry_rows(s: Mapping) -> list[tuple]:
+    """Table rows: architecture, property, samples' ratio (diff ± s.e.), MSE reconstruction's ratio."""
+    rows = []
+    for a in s["archs"]:
+        for p in digit_geometry.PROPERTIES:
+            k, m = s["kept"][a][p], s["kept_mse"][a][p]
+            rows.append((arch_label(a), p, f"{fmt(k.error, '.2f')} / {fmt(k.baseline, '.2f')}", fmt(k.ratio, ".2f"),
+                         f"{fmt(k.diff, '+.2f')} ± {fmt(k.diff_stderr, '.2f')}", "yes" if k.kept else "no",
+                         fmt(m.ratio, ".2f"), "yes" if m.kept else "no"))
+    return rows
+
+
+GEOMETRY_HEADER = ["network", "property", "samples: error own / other", "ratio", "difference ± s.e.", "kept?",
+                   "MSE recon.: ratio", "kept?"]
+
+
+def _accuracy_claims(s) -> list[dict]:
+    acc, archs = s["accuracy"], s["archs"]
+    out = []
+    if {"fc", "conv", "conv_gmp"} <= set(archs):
+        paper = ", ".join(f"{arch_label(a)} {PAPER['accuracy'][a]:.1%}" for a in ("fc", "conv", "conv_gmp"))
+        ours = ", ".join(f"{arch_label(a)} {acc[a]:.2%}" for a in ("fc", "conv", "conv_gmp"))
+        out.append(dict(claim="affNIST: the fully connected network is the least accurate", paper=paper, ours=ours,
+                        reproduced=acc["fc"] < min(acc["conv"], acc["conv_gmp"]),
+                        criterion="FC test accuracy below both convolutional networks'"))
+        out.append(dict(claim="affNIST: global max pooling gives the most accurate network", paper=paper, ours=ours,
+                        reproduced=acc["conv_gmp"] >= max(acc["conv"], acc["fc"]),
+                        criterion="conv + global max pool test accuracy ≥ the other two"))
+    return out
+
+
+def _nce_claims(s) -> list[dict]:
+    out, archs = [], s["archs"]
+
+    def row(a, b, claim, paper_gap):
+        d, se = s["diff"][(a, b)]
+        return dict(claim=claim, paper=f"{paper_gap:+.2f} nats", ours=f"{d:+.2f} ± {se:.2f} nats",
+                    reproduced=bool(d > 2 * se),
+                    criterion=f"paired NCE difference {arch_label(a)} − {arch_label(b)} > 2 standard errors")
+
+    P = PAPER["nce"]
+    if {"conv", "fc"} <= set(archs):
+        out.append(row("conv", "fc", "FC3 of the conv network keeps more about the input than the FC network's",
+                       P["conv"] - P["fc"]))
+    if {"conv", "conv_gmp"} <= set(archs):
+        out.append(row("conv", "conv_gmp", "global max pooling discards information (≈ 4.5 nats in the paper)",
+                       P["conv"] - P["conv_gmp"]))
+    if {"conv_gmp", "fc"} <= set(archs):
+        out.append(row("conv_gmp", "fc", "even with global pooling, the conv network keeps more than the FC one",
+                       P["conv_gmp"] - P["fc"]))
+    return out
+
+
+def _geometry_claims(s) -> list[dict]:
+    out, archs, kept = [], s["archs"], s["kept"]
+    if "conv_gmp" in archs:
+        k = kept["conv_gmp"]["position"]
+        out.append(dict(
+            claim="global pooling: FC3 samples do not keep the digit's position (Fig. 4)", paper="yes (by eye)",
+            ours=f"position ratio {k.ratio:.2f} ({k.diff:+.2f} ± {k.diff_stderr:.2f} px)",
+            reproduced=bool(k.ratio >= DISCARDED and not k.kept),
+            criterion=f"centroid error to own input / to other same-class inputs ≥ {DISCARDED}, and not "
+                      "significantly closer to the own input (2 s.e.)"))
+        for p, what in (("orientation", "rotation"), ("ink", "style (ink)")):
+            k = kept["conv_gmp"][p]
+            out.append(dict(
+                claim=f"global pooling: FC3 samples keep the digit's {what}", paper="yes (by eye)",
+                ours=f"{p} ratio {k.ratio:.2f} ({k.diff:+.2f} ± {k.diff_stderr:.2f})",
+                reproduced=k.kept, criterion=f"samples closer in {p} to their own input than to other same-class "
+                                             "inputs, by more than 2 standard errors"))
+        km, ks = s["kept_mse"]["conv_gmp"]["orientation"], kept["conv_gmp"]["orientation"]
+        out.append(dict(
+            claim="global pooling: the MSE reconstruction does not show the rotation that the samples keep",
+            paper="yes (by eye)", ours=f"orientation ratio: samples {ks.ratio:.2f}, MSE reconstruction {km.ratio:.2f}",
+            reproduced=bool(ks.kept and not km.kept),
+            criterion="orientation kept by the samples (2 s.e.) but not by the MSE reconstruction"))
+    for a in ("fc", "conv"):
+        if a in archs:
+            k = kept[a]["position"]
+            out.append(dict(
+                claim=f"{arch_label(a)}: FC3 samples keep the digit's position", paper="yes (by eye)",
+                ours=f"position ratio {k.ratio:.2f} ({k.diff:+.2f} ± {k.diff_stderr:.2f} px)",
+                reproduced=bool(k.kept and k.ratio < DISCARDED),
+                criterion=f"closer to the own input's centroid by more than 2 s.e., and ratio < {DISCARDED}"))
+    if {"conv_gmp", "conv", "fc"} <= set(archs):
+        mse = s["mse"]
+        out.append(dict(
+            claim="global pooling gives the blurriest MSE reconstructions", paper="\"very blurry\" (Fig. 4)",
+            ours=", ".join(f"{arch_label(a)} {mse[a]:.4f}" for a in archs),
+            reproduced=mse["conv_gmp"] > max(mse["conv"], mse["fc"]),
+            criterion="the conv + global max pool decoder has the highest test MSE"))
+    return out
+
+
+def architecture_claims(s: Mapping) -> list[dict]:
+    """The §5.2 claims, each with the paper's value, this run's and a criterion that could fail."""
+    return _accuracy_claims(s) + _nce_claims(s) + _geometry_claims(s)
