@@ -23,7 +23,10 @@ import build_book  # noqa: E402
 CHAPTERS = build_book.chapter_names()
 TITLES = {"intro": "Inverting supervised representations: a reproducible book",
           "background": "Background: autoregressive inversion models and the bound",
-          "layers": "Inverting the layers of a classifier"}
+          "layers": "Inverting the layers of a classifier",
+          "architectures": "Comparing architectures on affNIST",
+          "dynamics": "Training dynamics: compression during training",
+          "estimators": "Appendix: other estimators of mutual information"}
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 PLAYWRIGHT = REPO / "tests" / "browser" / "node_modules" / "playwright-core"
 
@@ -107,7 +110,7 @@ def test_book_builds_with_every_chapter_and_nothing_remote(built):
     assert layers.count("application/vnd.jupyter.widget-view+json") == 1, "exactly one widget (the scrubber)"
     assert "inversion-scrubber" in layers
     # glued numbers rendered, and each stage-backed chapter ends with its claims and provenance tables
-    for name in ("background", "layers"):
+    for name in ("background", "layers", "architectures", "dynamics"):
         assert "reproduced?" in pages[name] and "Provenance" in pages[name], name
     assert "Run: parameter set smoke" in layers, "figures carry their provenance"
     # a number in the prose is the run's number (glued from the stage result, not typed)

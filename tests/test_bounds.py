@@ -53,3 +53,13 @@ def test_bad_inputs():
     m = PixelCNNpp((1, 5, 5), (3,), n_filters=8, n_resnet=1)
     with pytest.raises(ValueError, match="pair up"):
         bounds.per_image_log_prob(m, torch.zeros(3, 1, 5, 5, dtype=torch.uint8), torch.zeros(2, 3))
+
+
+def test_difference_noise_adds_the_seed_spread_of_both_models():
+    from inversion.bounds import difference_noise
+
+    assert difference_noise(3.0, 0.0) == 3.0
+    assert difference_noise(0.0, 1.0) == pytest.approx(math.sqrt(2))
+    assert difference_noise(3.0, 2.0) == pytest.approx(math.sqrt(9 + 8))
+    with pytest.raises(ValueError):
+        difference_noise(-1.0, 0.0)

@@ -269,6 +269,14 @@ def test_architectures_and_dynamics_plans(name):
     # every later snapshot is the regime's own
     assert ovf["snapshots"][0] is reg["snapshots"][0]
     assert all(ovf["snapshots"][t].key != reg["snapshots"][t].key for t in steps[1:])
+    seeds = P.section("dynamics").get("replicate_seeds") or []
+    for layer in dyn["layers"]:
+        assert sorted(dyn["replicates"][layer]) == sorted(seeds)
+        for seed, nce in dyn["replicates"][layer].items():
+            inv = nce.deps["inversion"]
+            assert inv.config["seed"] == seed != reg["inversion"][layer][steps[-1]].config["seed"]
+            assert {**inv.config, "seed": 0} == reg["inversion"][layer][steps[-1]].config, "only the seed differs"
+            assert inv.deps["classifier"] is reg["snapshots"][steps[-1]]
     other_seed = stages.dynamics_plan(stages.load_params(name, {"dynamics": {"regimes": {"overfit": {"seed": 1}}}}))
     assert other_seed["regimes"]["overfit"]["snapshots"][0].key != reg["snapshots"][0].key
 

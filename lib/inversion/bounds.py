@@ -75,3 +75,12 @@ def paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
         raise ValueError(f"need two 1-d tensors over the same >= 2 images, got {list(a.shape)} and {list(b.shape)}")
     d = a - b
     return d.mean().item(), (d.std(unbiased=True) / math.sqrt(len(d))).item()
+
+
+def difference_noise(se: float, seed_sd: float) -> float:
+    """The standard deviation of an NCE difference between two separately trained inversion models: the paired
+    test-set standard error ``se`` and, for each of the two models, the seed-to-seed spread ``seed_sd`` of the
+    NCE (the part of the error that comes from training the inversion model, which ``se`` does not see)."""
+    if se < 0 or seed_sd < 0:
+        raise ValueError(f"standard errors are non-negative, got se={se}, seed_sd={seed_sd}")
+    return math.sqrt(se**2 + 2 * seed_sd**2)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
-from inversion.bounds import paired_difference
+from inversion.bounds import difference_noise, paired_difference
 from inversion.figures import layer_label
 
 REGIME_LABELS = {"regular": "regular", "overfit": "overfitted (100 examples, no dropout)"}
@@ -26,9 +26,14 @@ def regime_label(regime: str) -> str:
 
 def dynamics_summary(R: Mapping) -> dict:
     """{"steps", "layers", "regimes", "nce": {regime: {layer: {step: (nats, se)}}}, "log_probs": same shape of
-    arrays, "accuracy": {regime: {step: (test, train)}}}."""
+    arrays, "accuracy": {regime: {step: (test, train)}}, "seed_sd": {layer: (sd, n_seeds)}}.
+
+    ``seed_sd`` is the standard deviation of the NCE over inversion models that differ only in their seed
+    (the main one and the replicates, at the last snapshot of the first regime), or (0, 1) without
+    replicates: the training noise of one inversion model, which the test-set standard error leaves out."""
     steps, layers, regimes = list(R["steps"]), list(R["layers"]), list(R["regimes"])
-    s = {"steps": steps, "layers": layers, "regimes": regimes, "nce": {}, "log_probs": {}, "accuracy": {}}
+    s = {"steps": steps, "layers": layers, "regimes": regimes, "nce": {}, "log_probs": {}, "accuracy": {},
+         "seed_sd": {}}
     for g in regimes:
         rr = R["regimes"][g]
         s["accuracy"][g] = {t: (rr["snapshots"][t].metrics["test_accuracy"], rr["snapshots"][t].metrics["train_accuracy"])
@@ -37,7 +42,12 @@ def dynamics_summary(R: Mapping) -> dict:
         for l in layers:
             s["nce"][g][l] = {t: (rr["nce"][l][t].metrics["nats"], rr["nce"][l][t].metrics["stderr"]) for t in steps}
             s["log_probs"][g][l] = {t: rr["nce"][l][t].arrays("log_probs.npy")["array"] for t in steps}
+    for l in layers:
+        main = s["nce"][regimes[0]][l][steps[-1]][0]
+        values = [main] + [r.metrics["nats"] for r in R.get("replicates", {}).get(l, {}).values()]
+        s["seed_sd"][l] = (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values))
     return s
+
 
 
 def _x(steps) -> np.ndarray:
@@ -86,32 +96,42 @@ def rise_and_fall(s: Mapping, regime: str, layer: str) -> dict:
     lp = s["log_probs"][regime][layer]
     nats = [s["nce"][regime][layer][t][0] for t in steps]
     peak = steps[int(np.argmax(nats))]
+    sd = s["seed_sd"][layer][0]
     rise = paired_difference(lp[peak], lp[steps[0]])
     fall = paired_difference(lp[steps[-1]], lp[peak])
+    rise = (rise[0], difference_noise(rise[1], sd))
+    fall = (fall[0], difference_noise(fall[1], sd))
     return dict(peak=peak, rise=rise, fall=fall,
                 shown=bool(peak not in (steps[0], steps[-1]) and rise[0] > 2 * rise[1] and -fall[0] > 2 * fall[1]))
 
 
 def dynamics_claims(s: Mapping) -> list[dict]:
-    """§5.3's claims per layer: the regular net's NCE rises then falls; the overfitted net keeps more."""
+    """§5.3's claims per layer: the regular net's NCE rises then falls; the overfitted net keeps more. Every
+    difference is judged against its noise: the paired test-set standard error combined with the
+    seed-to-seed spread of the inversion models (``difference_noise``), written "± noise" below."""
     out = []
     steps = s["steps"]
     for l in s["layers"]:
+        sd, n_seeds = s["seed_sd"][l]
+        seeds = f"; seed spread {sd:.1f} nats over {n_seeds} seeds" if n_seeds > 1 else "; one seed (no spread measured)"
         if "regular" in s["regimes"]:
             r = rise_and_fall(s, "regular", l)
             out.append(dict(
                 claim=f"{layer_label(l)}: the regular network's NCE first rises, then falls (Fig. 5b)",
                 paper="yes, every layer",
                 ours=f"peak at {r['peak']} updates; rise {r['rise'][0]:+.1f} ± {r['rise'][1]:.1f}, "
-                     f"then {r['fall'][0]:+.1f} ± {r['fall'][1]:.1f} nats by {steps[-1]}",
+                     f"then {r['fall'][0]:+.1f} ± {r['fall'][1]:.1f} nats by {steps[-1]}{seeds}",
                 reproduced=r["shown"],
-                criterion="an interior checkpoint beats step 0 and the last checkpoint, each by > 2 paired s.e."))
+                criterion="an interior checkpoint beats step 0 and the last checkpoint, each by more than 2 × the "
+                          "noise of the difference (paired s.e. and seed spread)"))
         if {"regular", "overfit"} <= set(s["regimes"]):
             d, se = paired_difference(s["log_probs"]["overfit"][l][steps[-1]], s["log_probs"]["regular"][l][steps[-1]])
+            noise = difference_noise(se, sd)
             out.append(dict(
                 claim=f"{layer_label(l)}: the overfitted network keeps more about the input", paper="yes, every layer",
-                ours=f"overfitted − regular at {steps[-1]} updates: {d:+.1f} ± {se:.1f} nats",
-                reproduced=bool(d > 2 * se), criterion="paired NCE difference at the last checkpoint > 2 s.e."))
+                ours=f"overfitted − regular at {steps[-1]} updates: {d:+.1f} ± {noise:.1f} nats{seeds}",
+                reproduced=bool(d > 2 * noise),
+                criterion="NCE difference at the last checkpoint > 2 × its noise (paired s.e. and seed spread)"))
     if {"regular", "overfit"} <= set(s["regimes"]):
         (te_r, _), (te_o, tr_o) = s["accuracy"]["regular"][steps[-1]], s["accuracy"]["overfit"][steps[-1]]
         out.append(dict(

@@ -685,10 +685,12 @@ def _samples(ctx: Context) -> dict:
     gen = torch.Generator().manual_seed(c["seed"])
     noise = model.draw_noise(n * k, gen).cpu()
     context = h.repeat_interleave(k, dim=0)
-    chunks, t0 = [], time.perf_counter()
+    chunks, passes, t0 = [], [], time.perf_counter()
     for i in range(0, n * k, c["batch_size"]):
         chunks.append(model.sample(context[i : i + c["batch_size"]], noise=noise[i : i + c["batch_size"]],
                                    method=c["method"]).cpu())
+        passes.append(getattr(model, "last_sample_passes", None) if c["method"] == "fixed_point" else
+                      int(np.prod(x.shape[2:])))
     sample_seconds = time.perf_counter() - t0
     samples = torch.cat(chunks)  # [n*k, C, H, W] uint8
     s_feats = {name: t.float() for name, t in _batched_features(clf, samples, layer, ctx.device).items()}
@@ -711,13 +713,14 @@ def _samples(ctx: Context) -> dict:
                      pixel_l1=pix.numpy(), pixel_l1_to_inputs=to_all.numpy(),
                      test_index=np.arange(c["offset"], c["offset"] + n), labels=y.numpy())
     nn_of = min(c["nn_of"], k)
-    ctx.log(f"{n * k} samples in {sample_seconds:.0f} s; IM-S {dist[:, 0].mean():.4g}, "
-            f"IM-NN {dist[:, :nn_of].min(1).values.mean():.4g}")
+    ctx.log(f"{n * k} samples in {sample_seconds:.0f} s ({max(passes)} network passes at most per batch); "
+            f"IM-S {dist[:, 0].mean():.4g}, IM-NN {dist[:, :nn_of].min(1).values.mean():.4g}")
     return dict(im_s=dist[:, 0].mean().item(), im_nn=dist[:, :nn_of].min(1).values.mean().item(),
                 im_s_stderr=(dist[:, 0].std() / math.sqrt(n)).item() if n > 1 else None,
                 top1=dist.min(1).values.mean().item(), nn_of=nn_of, class_agreement=agree.mean().item(),
                 pixel_l1=pix.mean().item(), sample_seconds=sample_seconds,
-                samples_per_second=n * k / max(sample_seconds, 1e-9), stored_shape=list(stored.shape))
+                samples_per_second=n * k / max(sample_seconds, 1e-9), stored_shape=list(stored.shape),
+                network_passes=passes)
 
 
 @torch.no_grad()
@@ -942,6 +945,7 @@ def architectures_plan(P: Params) -> dict:
             "classifier": clf,
             "inversion": inv,
             "nce": ref("nce", {"n_test": ev["n_test_nce"]}, classifier=clf, inversion=inv),
+            "replicates": _replicates(A, ev, clf, {"layer": layer, **A["inversion"]}),
             "decoder": ref("decoder", {"layer": layer, "n_test": ev["n_test_nce"], "n_show": ev["n_images"],
                                        **A["decoder"]}, classifier=clf),
             "samples": ref("samples", {"n_images": ev["n_images"], "n_samples": ev["n_samples"],
@@ -950,12 +954,25 @@ def architectures_plan(P: Params) -> dict:
     return out
 
 
+def _replicates(section: Mapping, ev: Mapping, clf: Ref, inversion_config: Mapping) -> dict:
+    """{seed: nce ref} of inversion models that differ from the main one only in their seed (the section's
+    ``replicate_seeds``): their spread is the part of an NCE difference that the test-set standard error
+    does not see, the variation from training the inversion model itself."""
+    out = {}
+    for seed in section.get("replicate_seeds") or []:
+        inv = ref("inversion", {**inversion_config, "seed": int(seed)}, classifier=clf)
+        out[int(seed)] = ref("nce", {"n_test": ev["n_test_nce"]}, classifier=clf, inversion=inv)
+    return out
+
+
 def dynamics_plan(P: Params) -> dict:
     """Refs of §5.3: for each regime (regular, overfit) one classifier trained without early stopping and
     snapshotted at ``steps``; per snapshot and layer an inversion model and its NCE.
 
     Returns {"steps": [...], "layers": [...], "regimes": {regime: {"classifier": ref,
-    "snapshots": {step: ref}, "nce": {layer: {step: ref}}, "inversion": {layer: {step: ref}}}}}.
+    "snapshots": {step: ref}, "nce": {layer: {step: ref}}, "inversion": {layer: {step: ref}}}},
+    "replicates": {layer: {seed: nce ref}}}; the replicates (``replicate_seeds``) are inversion models of the
+    last snapshot of the first regime that differ only in their seed.
     """
     S = P.section("dynamics")
     dataset, steps, ev = S["dataset"], sorted(int(s) for s in S["steps"]), S["evaluation"]
@@ -983,6 +1000,11 @@ def dynamics_plan(P: Params) -> dict:
                 R["inversion"][layer][step] = inv
                 R["nce"][layer][step] = ref("nce", {"n_test": ev["n_test_nce"]}, classifier=snap, inversion=inv)
         out["regimes"][regime] = R
+    first = next(iter(out["regimes"].values()))
+    last = first["snapshots"][steps[-1]]
+    out["replicates"] = {
+        layer: _replicates(S, ev, last, {"layer": layer, **P.section("dynamics", layer=layer)["inversion"]})
+        for layer in S["layers"]}
     return out
 
 
@@ -1177,4 +1199,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the main of the importable module, not of this __main__ copy: modules that register stages (such as
+    # inversion.estimator_stages) import inversion.stages, and their stages must land in the registry main reads.
+    from inversion import stages as _importable
+
+    sys.exit(_importable.main())
