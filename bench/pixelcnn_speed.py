@@ -67,6 +67,24 @@ def make_model(cfg, device, checkpoint=None):
     return model
 
 
+def stage_model(model_dir, n, device):
+    """A trained inversion model from the stage cache (a cache/<set>/inversion-<key> folder) and the real
+    contexts it was trained for: the layer's activations of the first ``n`` test images, computed with the
+    classifier the stage consumed. Returns (model config, model, contexts)."""
+    from inversion import data, stages
+
+    d = Path(model_dir)
+    info = json.loads((d / "result.json").read_text())
+    if info.get("stage") != "inversion":
+        raise SystemExit(f"{d} is not an inversion stage result (its result.json says stage={info.get('stage')!r})")
+    model = stages.load_inversion(stages.Result(d), device)
+    clf_res = stages.Result(d.parent / info["deps"]["classifier"])
+    clf = stages.load_classifier(clf_res, device)
+    x, _ = data.load(clf_res.config["dataset"], "test")
+    h = stages._features(clf, x[:n], info["config"]["layer"], device).to(device)
+    return model.config, model, h
+
+
 def fake_batch(cfg, n, device):
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (n, *cfg["image_shape"]), generator=g, dtype=torch.uint8).to(device)
@@ -131,14 +149,19 @@ def time_log_prob(cfg, device, batch, steps, bf16=False):
     return dict(images_per_s=batch / dt, step_ms=dt * 1e3, batch=batch)
 
 
-def time_sampling(cfg, device, n, method, checkpoint=None, contexts=None, naive_pixels=None, tf32_on=False):
+def time_sampling(cfg, device, n, method, checkpoint=None, contexts=None, naive_pixels=None, tf32_on=False,
+                  model_dir=None):
     """Images/s drawing n conditional samples. The naive sampler's cost per pixel is constant (a full
     pass), so on slow devices it is timed over ``naive_pixels`` pixels and scaled to the whole image."""
-    model = make_model(cfg, device, checkpoint).eval()
-    _, h = fake_batch(cfg, n, device)
+    if model_dir is not None:
+        cfg, model, h = stage_model(model_dir, n, device)
+        model.eval()
+    else:
+        model = make_model(cfg, device, checkpoint).eval()
+        _, h = fake_batch(cfg, n, device)
     if contexts is not None:  # real layer activations: how fast the fixed point converges depends on them
         h = torch.load(contexts, map_location=device)[:n]
-        n = len(h)
+    n = len(h)
     noise = model.draw_noise(n, torch.Generator().manual_seed(2))
     C, H, W = cfg["image_shape"]
     with tf32(tf32_on), torch.no_grad():
@@ -176,6 +199,10 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="include torch.compile (default on for cuda)")
     ap.add_argument("--checkpoint", default=None, help="a trained mnist model to sample from (state.pt/best.pt)")
     ap.add_argument("--contexts", default=None, help="a tensor file of real contexts for --checkpoint")
+    ap.add_argument("--model-dir", default=None,
+                    help="sample a trained inversion model of the stage cache (cache/<set>/inversion-<key>) with its "
+                         "layer's real test activations, in place of the mnist config")
+    ap.add_argument("--tag", default=None, help="suffix of the result files (pixelcnn_speed-<device>-<tag>.*)")
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -221,16 +248,18 @@ def main(argv=None):
         ctx = args.contexts if name == "mnist" else None
         base = None
         for label, method in [("naive, one pass per pixel (baseline)", "naive"), ("fixed point (exact)", "fixed_point")]:
-            r = time_sampling(cfg, device, n_samples, method, ckpt, ctx, naive_pixels)
+            mdir = args.model_dir if name == "mnist" else None
+            r = time_sampling(cfg, device, n_samples, method, ckpt, ctx, naive_pixels, model_dir=mdir)
             base = base or r["images_per_s"]
-            rows.append(dict(config=name, task="sample", variant=label, trained=bool(ckpt), **r,
+            rows.append(dict(config=name if not mdir else f"{name}: {Path(mdir).name}", task="sample", variant=label,
+                             trained=bool(ckpt or mdir), **r,
                              speedup=r["images_per_s"] / base))
             print(rows[-1], flush=True)
 
     prov = provenance(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"pixelcnn_speed-{device.type}"
+    stem = out / (f"pixelcnn_speed-{device.type}" + (f"-{args.tag}" if args.tag else ""))
     stem.with_suffix(".json").write_text(json.dumps(dict(provenance=prov, args=vars(args), rows=rows), indent=1))
     lines = [f"# PixelCNN++ speed on {prov['device']}", "",
              f"torch {prov['torch']}, commit {prov['commit'][:10]}{' (dirty)' if prov['dirty'] else ''}, {prov['date']}.",

@@ -106,9 +106,10 @@ def rise_and_fall(s: Mapping, regime: str, layer: str) -> dict:
 
 
 def dynamics_claims(s: Mapping) -> list[dict]:
-    """§5.3's claims per layer: the regular net's NCE rises then falls; the overfitted net keeps more. Every
-    difference is judged against its noise: the paired test-set standard error combined with the
-    seed-to-seed spread of the inversion models (``difference_noise``), written "± noise" below."""
+    """§5.3's claims per layer (each with a ``kind`` the chapter counts by): the regular net's NCE rises then
+    falls; the overfitted net keeps more. Every difference is judged against its noise: the paired test-set
+    standard error combined with the seed-to-seed spread of the inversion models (``difference_noise``),
+    written "± noise" below."""
     out = []
     steps = s["steps"]
     for l in s["layers"]:
@@ -117,6 +118,7 @@ def dynamics_claims(s: Mapping) -> list[dict]:
         if "regular" in s["regimes"]:
             r = rise_and_fall(s, "regular", l)
             out.append(dict(
+                kind="rise_and_fall", layer=l,
                 claim=f"{layer_label(l)}: the regular network's NCE first rises, then falls (Fig. 5b)",
                 paper="yes, every layer",
                 ours=f"peak at {r['peak']} updates; rise {r['rise'][0]:+.1f} ± {r['rise'][1]:.1f}, "
@@ -128,6 +130,7 @@ def dynamics_claims(s: Mapping) -> list[dict]:
             d, se = paired_difference(s["log_probs"]["overfit"][l][steps[-1]], s["log_probs"]["regular"][l][steps[-1]])
             noise = difference_noise(se, sd)
             out.append(dict(
+                kind="overfit_keeps_more", layer=l,
                 claim=f"{layer_label(l)}: the overfitted network keeps more about the input", paper="yes, every layer",
                 ours=f"overfitted − regular at {steps[-1]} updates: {d:+.1f} ± {noise:.1f} nats{seeds}",
                 reproduced=bool(d > 2 * noise),
@@ -135,6 +138,7 @@ def dynamics_claims(s: Mapping) -> list[dict]:
     if {"regular", "overfit"} <= set(s["regimes"]):
         (te_r, _), (te_o, tr_o) = s["accuracy"]["regular"][steps[-1]], s["accuracy"]["overfit"][steps[-1]]
         out.append(dict(
+            kind="overfit_generalises_worse",
             claim="the overfitted network memorises its 100 examples and generalises worse", paper="by construction",
             ours=f"train {tr_o:.1%}, test {te_o:.1%} (regular: test {te_r:.1%})",
             reproduced=bool(tr_o >= 0.99 and te_o < te_r),
