@@ -42,11 +42,18 @@ def dynamics_summary(R: Mapping) -> dict:
         for l in layers:
             s["nce"][g][l] = {t: (rr["nce"][l][t].metrics["nats"], rr["nce"][l][t].metrics["stderr"]) for t in steps}
             s["log_probs"][g][l] = {t: rr["nce"][l][t].arrays("log_probs.npy")["array"] for t in steps}
-    for l in layers:
-        main = s["nce"][regimes[0]][l][steps[-1]][0]
-        values = [main] + [r.metrics["nats"] for r in R.get("replicates", {}).get(l, {}).values()]
-        s["seed_sd"][l] = (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values))
+    s["seed_sd"] = {l: seed_spread(R, l) for l in layers}
     return s
+
+
+def seed_spread(R: Mapping, layer: str) -> tuple[float, int]:
+    """(sd, number of models) of the NCE of ``layer``'s inversion models that differ only in their seed: the
+    main one at the last snapshot of the first regime and its replicates; (0, 1) without replicates.
+    ``R`` is the dynamics results, or any results with the same "regimes"/"replicates" entries."""
+    first = next(iter(R["regimes"].values()))
+    values = [first["nce"][layer][max(first["nce"][layer])].metrics["nats"]]
+    values += [r.metrics["nats"] for r in R.get("replicates", {}).get(layer, {}).values()]
+    return (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values))
 
 
 

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from inversion.bounds import difference_noise
+from inversion.dynamics_figures import seed_spread
 
 from inversion.figures import layer_label, markdown_table, md
 
@@ -86,12 +87,7 @@ def summary(R: Mapping) -> dict:
                      for l in nce_layers if l in R["regimes"][rg]["nce"]} for rg in regimes}
     # seed-to-seed spread of the NCE per layer (the dynamics chapter's replicate inversion models): the part
     # of an NCE difference between checkpoints that the test-set standard error does not see
-    s["seed_sd"] = {}
-    for l in nce_layers:
-        main = R["regimes"][regimes[0]]["nce"].get(l, {}).get(steps[-1])
-        reps = R.get("replicates", {}).get(l, {})
-        if main is not None and reps:
-            s["seed_sd"][l] = float(np.std([main.metrics["nats"]] + [r.metrics["nats"] for r in reps.values()], ddof=1))
+    s["seed_sd"] = {l: seed_spread(R, l)[0] for l in nce_layers if l in R["regimes"][regimes[0]]["nce"]}
     s["sweep"] = {}
     for l, res in R["sweep"]["layers"].items():
         z = res.arrays("sweep.npz")

@@ -527,6 +527,7 @@ def _snapshot(ctx: Context) -> dict:
     the chapter can show the generalisation gap of the overfitted network next to its NCE.
     """
     from inversion.classifier import accuracy
+    from inversion.classifier import load_classifier as load_from_dir
 
     c = ctx.config
     name = f"step_{c['step']}.pt"
@@ -535,7 +536,7 @@ def _snapshot(ctx: Context) -> dict:
         raise ValueError(f"snapshot of a {clf_res.config['dataset']} classifier asked for dataset {c['dataset']!r}")
     shutil.copy(clf_res.path(name), ctx.out / "model.pt")
     shutil.copy(clf_res.path("config.json"), ctx.out / "config.json")
-    clf = load_classifier(_Dir(ctx.out), ctx.device)
+    clf = load_from_dir(ctx.out, "model.pt", device=ctx.device).eval()
     cc = clf_res.config
     n_fit = cc["overfit_n"] or cc["n_train"]
     x_tr, y_tr = (_subset(t, n_fit) for t in _load(c["dataset"], "train"))
@@ -544,13 +545,6 @@ def _snapshot(ctx: Context) -> dict:
     train_acc = accuracy(clf, x_tr, y_tr, device=ctx.device)
     ctx.log(f"step {c['step']}: test accuracy {test_acc:.4f}, train accuracy {train_acc:.4f}")
     return dict(step=c["step"], test_accuracy=test_acc, train_accuracy=train_acc, n_train_eval=len(x_tr))
-
-
-@dataclass
-class _Dir:
-    """A result directory that has no result.json yet (a stage's own output while it runs)."""
-
-    dir: Path
 
 
 def _features(clf, images, layer, device, batch_size=500):
