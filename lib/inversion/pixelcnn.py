@@ -523,6 +523,9 @@ class PixelCNNpp(nn.Module):
             every pixel from its output, until nothing changes. Pixel k is final once pixels < k are, so
             this ends in at most H*W passes and returns exactly the naive sampler's images; images that
             have converged leave the batch.
+        method "cached": one pixel at a time, but every activation is computed once, as soon as the pixels
+            it depends on are drawn, and kept (inversion.pixelcnn_cached): about one network pass per image
+            in all. Returns the naive sampler's images (exactly in float64).
         """
         if context is not None:
             n = len(context)
@@ -542,8 +545,12 @@ class PixelCNNpp(nn.Module):
                 x = self._sample_naive(context, noise, n, progress)
             elif method == "fixed_point":
                 x = self._sample_fixed_point(context, noise, n, progress)
+            elif method == "cached":
+                from inversion.pixelcnn_cached import sample_cached  # it builds on this module
+
+                x = sample_cached(self, context, noise, progress)
             else:
-                raise ValueError(f"unknown sampling method {method!r}; expected 'naive' or 'fixed_point'")
+                raise ValueError(f"unknown sampling method {method!r}; expected 'naive', 'fixed_point' or 'cached'")
         finally:
             self.train(was_training)
         return x.to(torch.uint8)
