@@ -4,7 +4,9 @@ Configurations (Appendix A): "mnist" = 1x28x28, 64 filters, 3 resnets, 256-way s
 "cifar" = 3x32x32, 196 filters, 3 resnets, 10-component logistic mixture, FC3 context (256,).
 
 The naive baseline, measured in the same run: eager float32 (TF32 off on CUDA) for training, and one
-full network pass per pixel for sampling. Every other row is a ratio against it.
+full network pass per pixel for sampling. Every other row is a ratio against it. The exact samplers
+("fixed_point", "cached") draw with the same noise; the cached sampler's row says how many of its images
+are identical to the fixed point's (in float32 they may differ where a uniform falls on a CDF edge).
 
     python bench/pixelcnn_speed.py                       # CPU, both configs, reduced counts
     python bench/pixelcnn_speed.py --device cuda          # GPU, 1024 samples, torch.compile included
@@ -35,6 +37,10 @@ CONFIGS = {
     "cifar": dict(image_shape=(3, 32, 32), context_shape=(256,), n_filters=196, n_resnet=3,
                   likelihood="logistic_mixture", n_mixtures=10),
 }
+
+
+SAMPLERS = {"naive": "naive, one pass per pixel (baseline)", "fixed_point": "fixed point (exact)",
+            "cached": "cached, each activation once (exact)"}
 
 
 def sync(device):
@@ -178,14 +184,15 @@ def time_sampling(cfg, device, n, method, checkpoint=None, contexts=None, naive_
                                                           noise[:, :, r : r + 1, c : c + 1])[:, :, 0, 0]
             sync(device)
             dt = (time.perf_counter() - t0) * (H * W) / pixels
-            return dict(images_per_s=n / dt, n=n, seconds=dt, passes=H * W, extrapolated_from_pixels=pixels)
+            return dict(images_per_s=n / dt, n=n, seconds=dt, passes=H * W, extrapolated_from_pixels=pixels), None
         model.sample(h[:2], noise=noise[:2], method=method)  # warm-up
         sync(device)
         t0 = time.perf_counter()
-        model.sample(h, noise=noise, method=method)
+        images = model.sample(h, noise=noise, method=method)
         sync(device)
         dt = time.perf_counter() - t0
-        return dict(images_per_s=n / dt, n=n, seconds=dt, passes=model.last_sample_passes)
+        passes = model.last_sample_passes if method == "fixed_point" else None  # cached: each activation once
+        return dict(images_per_s=n / dt, n=n, seconds=dt, passes=passes), images.cpu()
 
 
 def main(argv=None):
@@ -203,6 +210,8 @@ def main(argv=None):
                     help="sample a trained inversion model of the stage cache (cache/<set>/inversion-<key>) with its "
                          "layer's real test activations, in place of the mnist config")
     ap.add_argument("--tag", default=None, help="suffix of the result files (pixelcnn_speed-<device>-<tag>.*)")
+    ap.add_argument("--samplers", default="naive,fixed_point,cached",
+                    help="which samplers to time (naive is the baseline; without it no ratio is given)")
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -246,14 +255,17 @@ def main(argv=None):
             continue
         ckpt = args.checkpoint if name == "mnist" else None
         ctx = args.contexts if name == "mnist" else None
-        base = None
-        for label, method in [("naive, one pass per pixel (baseline)", "naive"), ("fixed point (exact)", "fixed_point")]:
+        base, drawn = None, {}
+        for method in args.samplers.split(","):
             mdir = args.model_dir if name == "mnist" else None
-            r = time_sampling(cfg, device, n_samples, method, ckpt, ctx, naive_pixels, model_dir=mdir)
-            base = base or r["images_per_s"]
-            rows.append(dict(config=name if not mdir else f"{name}: {Path(mdir).name}", task="sample", variant=label,
-                             trained=bool(ckpt or mdir), **r,
-                             speedup=r["images_per_s"] / base))
+            r, drawn[method] = time_sampling(cfg, device, n_samples, method, ckpt, ctx, naive_pixels, model_dir=mdir)
+            if method == "naive":
+                base = r["images_per_s"]
+            if method == "cached" and drawn.get("fixed_point") is not None:
+                r["identical_to_fixed_point"] = int((drawn["cached"] == drawn["fixed_point"]).flatten(1).all(1).sum())
+            rows.append(dict(config=name if not mdir else f"{name}: {Path(mdir).name}", task="sample",
+                             variant=SAMPLERS[method], trained=bool(ckpt or mdir), **r,
+                             speedup=r["images_per_s"] / base if base else None))
             print(rows[-1], flush=True)
 
     prov = provenance(device)
@@ -274,11 +286,15 @@ def main(argv=None):
         elif r["task"] == "log_prob":
             detail = f"batch {r['batch']}, {r['step_ms']:.1f} ms/batch, no gradients"
         else:
-            detail = f"{r['n']} images{' (trained model)' if r['trained'] else ' (untrained model)'}, {r['passes']} passes"
+            detail = f"{r['n']} images{' (trained model)' if r['trained'] else ' (untrained model)'}"
+            if r["passes"] is not None:
+                detail += f", {r['passes']} passes"
             if r.get("extrapolated_from_pixels", r["passes"]) != r["passes"]:
                 detail += f" (timed over {r['extrapolated_from_pixels']} pixels, scaled)"
-        lines.append(f"| {r['config']} | {r['task']} | {r['variant']} | {r['images_per_s']:.3g} | "
-                     f"{r['speedup']:.2f} | {detail} |")
+            if "identical_to_fixed_point" in r:
+                detail += f", {r['identical_to_fixed_point']} of {r['n']} images identical to the fixed point's"
+        speedup = "–" if r["speedup"] is None else f"{r['speedup']:.2f}"
+        lines.append(f"| {r['config']} | {r['task']} | {r['variant']} | {r['images_per_s']:.3g} | {speedup} | {detail} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
