@@ -40,7 +40,8 @@ CONFIGS = {
 
 
 SAMPLERS = {"naive": "naive, one pass per pixel (baseline)", "fixed_point": "fixed point (exact)",
-            "cached": "cached, each activation once (exact)"}
+            "cached": "cached, each activation once (exact)",
+            "cached_graphs": "cached, replayed as CUDA graphs (exact)"}
 
 
 def sync(device):
@@ -108,15 +109,16 @@ def train_step_flops(model, x, h):
     return counter.get_total_flops()
 
 
-def time_training(cfg, device, batch, steps, warmup, bf16=False, channels_last=False, compile=False, tf32_on=False):
+def time_training(cfg, device, batch, steps, warmup, bf16=False, channels_last=False, compile=False, tf32_on=False,
+                  compile_mode=None, fused_adam=False):
     model = make_model(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, **(dict(fused=True) if fused_adam else {}))
     x, h = fake_batch(cfg, batch, device)
     loss_fn = lambda m: -m.log_prob(x, h).mean()  # noqa: E731
     if compile:
-        loss_fn = torch.compile(loss_fn)
+        loss_fn = torch.compile(loss_fn, mode=compile_mode)
     with tf32(tf32_on):
         flops = train_step_flops(model, x, h)
 
@@ -185,6 +187,19 @@ def time_sampling(cfg, device, n, method, checkpoint=None, contexts=None, naive_
             sync(device)
             dt = (time.perf_counter() - t0) * (H * W) / pixels
             return dict(images_per_s=n / dt, n=n, seconds=dt, passes=H * W, extrapolated_from_pixels=pixels), None
+        if method == "cached_graphs":  # recorded once for this batch size (timed apart), then replayed
+            from inversion.pixelcnn_cached import CachedGraph
+
+            graph = CachedGraph(model)
+            t0 = time.perf_counter()
+            graph.sample(h, noise, cuda_graphs=True)
+            sync(device)
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            images = graph.sample(h, noise, cuda_graphs=True)
+            sync(device)
+            dt = time.perf_counter() - t0
+            return dict(images_per_s=n / dt, n=n, seconds=dt, passes=None, recording_s=first), images.cpu()
         model.sample(h[:2], noise=noise[:2], method=method)  # warm-up
         sync(device)
         t0 = time.perf_counter()
@@ -212,6 +227,7 @@ def main(argv=None):
     ap.add_argument("--tag", default=None, help="suffix of the result files (pixelcnn_speed-<device>-<tag>.*)")
     ap.add_argument("--samplers", default="naive,fixed_point,cached",
                     help="which samplers to time (naive is the baseline; without it no ratio is given)")
+    ap.add_argument("--autotune", action="store_true", help="include torch.compile(mode='max-autotune') (slow to compile)")
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -232,7 +248,15 @@ def main(argv=None):
             variants.append(("eager TF32", dict(tf32_on=True)))
         variants += [("bf16 autocast", dict(bf16=True)), ("bf16 + channels_last", dict(bf16=True, channels_last=True))]
         if do_compile:
-            variants.append(("bf16 + torch.compile", dict(bf16=True, compile=True)))
+            variants += [("fp32 + torch.compile", dict(compile=True)),
+                         ("bf16 + torch.compile", dict(bf16=True, compile=True)),
+                         ("bf16 + torch.compile + fused Adam", dict(bf16=True, compile=True, fused_adam=True))]
+            if cuda:  # CUDA graphs for forward and backward: launch overhead is what limits this small model
+                variants.append(("bf16 + compile(reduce-overhead) + fused Adam",
+                                 dict(bf16=True, compile=True, compile_mode="reduce-overhead", fused_adam=True)))
+            if args.autotune:
+                variants.append(("bf16 + compile(max-autotune) + fused Adam",
+                                 dict(bf16=True, compile=True, compile_mode="max-autotune", fused_adam=True)))
         base = None
         for label, kw in ([] if args.skip_training else variants):
             try:
@@ -258,11 +282,18 @@ def main(argv=None):
         base, drawn = None, {}
         for method in args.samplers.split(","):
             mdir = args.model_dir if name == "mnist" else None
-            r, drawn[method] = time_sampling(cfg, device, n_samples, method, ckpt, ctx, naive_pixels, model_dir=mdir)
+            try:
+                r, drawn[method] = time_sampling(cfg, device, n_samples, method, ckpt, ctx, naive_pixels,
+                                                 model_dir=mdir)
+            except Exception as e:  # an option failing on this device is a result too
+                rows.append(dict(config=name, task="sample", variant=SAMPLERS[method],
+                                 error=f"{type(e).__name__}: {e}"[:300]))
+                print(rows[-1], flush=True)
+                continue
             if method == "naive":
                 base = r["images_per_s"]
-            if method == "cached" and drawn.get("fixed_point") is not None:
-                r["identical_to_fixed_point"] = int((drawn["cached"] == drawn["fixed_point"]).flatten(1).all(1).sum())
+            if method.startswith("cached") and drawn.get("fixed_point") is not None:
+                r["identical_to_fixed_point"] = int((drawn[method] == drawn["fixed_point"]).flatten(1).all(1).sum())
             rows.append(dict(config=name if not mdir else f"{name}: {Path(mdir).name}", task="sample",
                              variant=SAMPLERS[method], trained=bool(ckpt or mdir), **r,
                              speedup=r["images_per_s"] / base if base else None))
@@ -291,6 +322,8 @@ def main(argv=None):
                 detail += f", {r['passes']} passes"
             if r.get("extrapolated_from_pixels", r["passes"]) != r["passes"]:
                 detail += f" (timed over {r['extrapolated_from_pixels']} pixels, scaled)"
+            if "recording_s" in r:
+                detail += f", recorded once in {r['recording_s']:.1f} s (not counted)"
             if "identical_to_fixed_point" in r:
                 detail += f", {r['identical_to_fixed_point']} of {r['n']} images identical to the fixed point's"
         speedup = "–" if r["speedup"] is None else f"{r['speedup']:.2f}"

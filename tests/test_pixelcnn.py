@@ -14,10 +14,15 @@ CASES = [("softmax", 1), ("softmax", 3), ("logistic_mixture", 3), ("logistic_mix
 CONTEXTS = [None, (5,), (4, 3, 3)]
 
 
-def make_model(likelihood, C, context_shape, H=7, W=6, dtype=torch.float64, seed=0, n_filters=8):
-    """A small model whose every part is non-trivial: data-initialised, random channel tables, random output."""
+def make_model(likelihood, C, context_shape, H=7, W=6, dtype=torch.float64, seed=0, n_filters=8, n_resolutions=3):
+    """A small model whose every part is non-trivial: data-initialised, random channel tables, random output.
+
+    Keep the lowest resolution above 1x1: there the up stream sees only the always-blank first row, so its
+    output is the same for every image and data-dependent init divides by a standard deviation of ~0,
+    which turns rounding noise into the signal (no longer a function any two implementations agree on)."""
     torch.manual_seed(seed)
-    m = PixelCNNpp((C, H, W), context_shape, n_filters=n_filters, n_resnet=1, likelihood=likelihood, n_mixtures=3)
+    m = PixelCNNpp((C, H, W), context_shape, n_filters=n_filters, n_resnet=1, likelihood=likelihood, n_mixtures=3,
+                   n_resolutions=n_resolutions)
     m = m.to(dtype).eval()
     x = torch.randint(0, 256, (16, C, H, W), dtype=torch.uint8)
     h = random_context(context_shape, 16, dtype)
@@ -223,15 +228,16 @@ def chi_square_pvalue(observed_values, probs, min_expected=5.0):
     return stats.chisquare(obs_bins, exp_bins).pvalue, len(obs_bins)
 
 
+@pytest.mark.parametrize("method", ["cached", "fixed_point"])
 @pytest.mark.parametrize("likelihood,C", [("softmax", 1), ("softmax", 3), ("logistic_mixture", 3)])
-def test_samples_follow_log_prob(likelihood, C):
+def test_samples_follow_log_prob(likelihood, C, method):
     """Chi-square: the empirical frequencies of sampled sub-pixels match the probabilities log_prob gives."""
     shape = (C, 2, 2)
-    m = make_model(likelihood, C, None, *shape[1:], seed=4)
+    m = make_model(likelihood, C, None, *shape[1:], seed=4, n_resolutions=1)  # 2x2: one resolution (see make_model)
     with torch.no_grad():
         m.out.g.mul_(0.1)  # back to moderately spread distributions
     n = 6000
-    samples = m.sample(n=n, generator=torch.Generator().manual_seed(5))
+    samples = m.sample(n=n, generator=torch.Generator().manual_seed(5), method=method)
     # First sub-pixel: its probabilities need no prefix.
     base = torch.zeros(256, *shape, dtype=torch.uint8)
     base[:, 0, 0, 0] = torch.arange(256, dtype=torch.uint8)

@@ -515,7 +515,7 @@ class PixelCNNpp(nn.Module):
         return x
 
     @torch.no_grad()
-    def sample(self, context=None, n=None, noise=None, generator=None, method="fixed_point", progress=False):
+    def sample(self, context=None, n=None, noise=None, generator=None, method="cached", progress=False):
         """Draw images from p(x | context): uint8 [N, C, H, W].
 
         method "naive": one network pass per pixel, in raster order (H*W passes).

@@ -229,24 +229,39 @@ class CachedGraph:
         return sum((n.size[0] * n.size[1] + 1) * n.channels for n in self.nodes) * item
 
     # ---- running -------------------------------------------------------------------------------------
-    def _buffers(self, n, context):
-        m = self.model
-        bufs = []
-        for node in self.nodes:
-            b = torch.full((n, node.size[0] * node.size[1] + 1, node.channels), float("nan"), dtype=m.dtype,
-                           device=m.device)  # NaN: a read before a write would show in the output
-            b[:, -1] = 0.0
-            bufs.append(b)
-        bufs[0][:, :-1, -1] = 1.0  # the input's channel of ones
-        contexts = [None] * len(self.nodes)
+    def _contexts(self, context):
+        """Each gated resnet's projected context: [N, 1, C] for a vector h, [N, positions, C] for a map."""
+        out = [None] * len(self.nodes)
         for k, node in enumerate(self.nodes):
             if node.context is not None:
                 h = context
                 if h.dim() == 4:
                     h = F.interpolate(h, size=node.context_size, mode="bilinear", align_corners=False)
                 proj = node.context.context(h)
-                contexts[k] = proj[:, None] if proj.dim() == 2 else proj.flatten(2).transpose(1, 2)
-        return bufs, contexts
+                out[k] = proj[:, None] if proj.dim() == 2 else proj.flatten(2).transpose(1, 2)
+        return out
+
+    def _start(self, context, noise):
+        """Fresh state for a sampling run: every buffer NaN (a read before a write would reach the output)
+        but its zero slot, the input's channel of ones, the projected contexts, and every position that
+        needs no pixel computed. The state's tensors are updated in place from here on."""
+        m = self.model
+        C, H, W = m.image_shape
+        n = len(noise)
+        bufs = []
+        for node in self.nodes:
+            b = torch.full((n, node.size[0] * node.size[1] + 1, node.channels), float("nan"), dtype=m.dtype,
+                           device=m.device)
+            b[:, -1] = 0.0
+            bufs.append(b)
+        bufs[0][:, :-1, -1] = 1.0
+        state = dict(bufs=bufs, contexts=self._contexts(context), noise=noise,
+                     x=torch.zeros(n, C, H, W, dtype=torch.long, device=m.device))
+        for k in range(1, len(self.nodes)):
+            b = self.nodes[k].bounds
+            if b[1] > b[0]:
+                self._compute(k, b[0], b[1], bufs, state["contexts"])
+        return state
 
     def _compute(self, k, lo, hi, bufs, contexts):
         """Positions lo..hi (in ready order) of node k, from the buffers of the nodes it reads."""
@@ -271,53 +286,95 @@ class CachedGraph:
             acc = bufs[node.residual][:, pos] + a * torch.sigmoid(b)
         bufs[k][:, pos] = acc
 
+    def _steps(self, first, last, state, progress=False):
+        """Draw pixels first..last-1; after each, compute every position that became ready."""
+        m = self.model
+        C, H, W = m.image_shape
+        bufs, contexts, noise, x = state["bufs"], state["contexts"], state["noise"], state["x"]
+        for p in tqdm(range(first, last), disable=not progress, desc="sample (cached)", leave=False):
+            r, c = divmod(p, W)
+            x[:, :, r, c] = m._sample_from_output(bufs[-1][:, p, :, None, None],
+                                                  noise[:, :, r : r + 1, c : c + 1])[:, :, 0, 0]
+            bufs[0][:, p, :C] = m._scale(x[:, :, r, c])
+            for k in range(1, len(self.nodes)):
+                lo, hi = self.nodes[k].bounds[p + 1 : p + 3]
+                if hi > lo:
+                    self._compute(k, lo, hi, bufs, contexts)
+
     @torch.no_grad()
     def forward_all(self, x, context=None):
         """The network output [N, n_out, H, W] for whole images, node by node (a check of the compiled
         graph against PixelCNNpp.forward: same numbers up to summation order)."""
         m = self.model
         C, H, W = m.image_shape
-        bufs, contexts = self._buffers(len(x), context)
-        bufs[0][:, :-1, :C] = m._scale(x).permute(0, 2, 3, 1).reshape(len(x), H * W, C)
+        state = self._start(context, torch.empty(len(x), 0))
+        bufs = state["bufs"]
+        bufs[0][:, :-1, :C] = m._scale(x.to(m.device)).permute(0, 2, 3, 1).reshape(len(x), H * W, C)
         for k in range(1, len(self.nodes)):
-            self._compute(k, 0, len(self.nodes[k].order), bufs, contexts)
+            self._compute(k, 0, len(self.nodes[k].order), bufs, state["contexts"])
         return bufs[-1][:, :-1].transpose(1, 2).reshape(len(x), -1, H, W)
 
-    def sample(self, context, noise, progress=False):
-        """Images [N, C, H, W] (long) drawn with the given uniforms (see PixelCNNpp.draw_noise)."""
+    @torch.no_grad()
+    def sample(self, context, noise, progress=False, cuda_graphs=False):
+        """Images [N, C, H, W] (long) drawn with the given uniforms (see PixelCNNpp.draw_noise).
+
+        cuda_graphs=True (CUDA only) records the loop once per batch size as CUDA graphs of one image row
+        each and replays them: the same kernels, launched without Python in between."""
+        if cuda_graphs:
+            return self._sample_graphed(context, noise).clone()
         return self._run(context, noise, progress)[0]
 
     @torch.no_grad()
     def _run(self, context, noise, progress=False):
         """The sampling loop; returns (images, every node's buffer)."""
-        m = self.model
-        C, H, W = m.image_shape
-        n = len(noise)
-        bufs, contexts = self._buffers(n, context)
-        for k in range(1, len(self.nodes)):  # everything that needs no pixel
-            b = self.nodes[k].bounds
-            if b[1] > b[0]:
-                self._compute(k, b[0], b[1], bufs, contexts)
-        x = torch.zeros(n, C, H, W, dtype=torch.long, device=m.device)
-        out = bufs[-1]
-        for p in tqdm(range(H * W), disable=not progress, desc="sample (cached)", leave=False):
-            r, c = divmod(p, W)
-            x[:, :, r, c] = m._sample_from_output(out[:, p, :, None, None], noise[:, :, r : r + 1, c : c + 1])[:, :, 0, 0]
-            bufs[0][:, p, :C] = m._scale(x[:, :, r, c])
-            for k in range(1, len(self.nodes)):
-                lo, hi = self.nodes[k].bounds[p + 1 : p + 3]
-                if hi > lo:
-                    self._compute(k, lo, hi, bufs, contexts)
-        return x, bufs
+        _, H, W = self.model.image_shape
+        state = self._start(context, noise)
+        self._steps(0, H * W, state, progress)
+        return state["x"], state["bufs"]
+
+    def _sample_graphed(self, context, noise):
+        if self.model.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+        _, H, W = self.model.image_shape
+        key = (len(noise), None if context is None else tuple(context.shape))
+        if getattr(self, "_graphs", None) is None or self._graphs[0] != key:
+            static_noise = noise.clone()
+            static_context = None if context is None else context.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # one eager run first: libraries allocate their workspaces
+                self._steps(0, H * W, self._start(static_context, static_noise))
+            torch.cuda.current_stream().wait_stream(side)
+            start = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(start):
+                state = self._start(static_context, static_noise)
+            rows = []
+            for r in range(H):
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=start.pool()):
+                    self._steps(r * W, (r + 1) * W, state)
+                rows.append(g)
+            self._graphs = (key, static_noise, static_context, state, start, rows)
+        _, static_noise, static_context, state, start, rows = self._graphs
+        static_noise.copy_(noise)
+        if context is not None:
+            static_context.copy_(context)
+        start.replay()
+        for g in rows:
+            g.replay()
+        return state["x"]
 
 
-def sample_cached(model, context, noise, progress=False, max_bytes=2**31):
-    """PixelCNNpp.sample(method="cached"): compile once, then sample in chunks whose caches fit max_bytes."""
+def sample_cached(model, context, noise, progress=False, max_bytes=None, cuda_graphs=False):
+    """PixelCNNpp.sample(method="cached"): compile once, then sample in chunks whose caches fit max_bytes
+    (default: 2 GiB on a CPU, a quarter of the free memory on a GPU)."""
+    if max_bytes is None:
+        max_bytes = torch.cuda.mem_get_info(model.device)[0] // 4 if model.device.type == "cuda" else 2**31
     graph = CachedGraph(model)
     n = len(noise)
     chunk = max(1, min(n, int(max_bytes // graph.bytes_per_image())))
     parts = []
     for i in range(0, n, chunk):
         ctx = None if context is None else context[i : i + chunk]
-        parts.append(graph.sample(ctx, noise[i : i + chunk], progress=progress))
+        parts.append(graph.sample(ctx, noise[i : i + chunk], progress=progress, cuda_graphs=cuda_graphs))
     return torch.cat(parts)
