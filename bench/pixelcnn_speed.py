@@ -225,8 +225,9 @@ def main(argv=None):
                     help="sample a trained inversion model of the stage cache (cache/<set>/inversion-<key>) with its "
                          "layer's real test activations, in place of the mnist config")
     ap.add_argument("--tag", default=None, help="suffix of the result files (pixelcnn_speed-<device>-<tag>.*)")
-    ap.add_argument("--samplers", default="naive,fixed_point,cached",
-                    help="which samplers to time (naive is the baseline; without it no ratio is given)")
+    ap.add_argument("--samplers", default=None,
+                    help="which samplers to time, of naive (the baseline; without it no ratio is given), fixed_point, "
+                         "cached, cached_graphs (default: all; cached_graphs only on cuda)")
     ap.add_argument("--autotune", action="store_true", help="include torch.compile(mode='max-autotune') (slow to compile)")
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
@@ -280,7 +281,8 @@ def main(argv=None):
         ckpt = args.checkpoint if name == "mnist" else None
         ctx = args.contexts if name == "mnist" else None
         base, drawn = None, {}
-        for method in args.samplers.split(","):
+        samplers = args.samplers or "naive,fixed_point,cached" + (",cached_graphs" if cuda else "")
+        for method in samplers.split(","):
             mdir = args.model_dir if name == "mnist" else None
             try:
                 r, drawn[method] = time_sampling(cfg, device, n_samples, method, ckpt, ctx, naive_pixels,
