@@ -251,6 +251,7 @@ def main(argv=None):
         if do_compile:
             variants += [("fp32 + torch.compile", dict(compile=True)),
                          ("bf16 + torch.compile", dict(bf16=True, compile=True)),
+                         ("bf16 + channels_last + torch.compile", dict(bf16=True, channels_last=True, compile=True)),
                          ("bf16 + torch.compile + fused Adam", dict(bf16=True, compile=True, fused_adam=True))]
             if cuda:  # CUDA graphs for forward and backward: launch overhead is what limits this small model
                 variants.append(("bf16 + compile(reduce-overhead) + fused Adam",
