@@ -112,6 +112,7 @@ class CachedGraph:
         self._schedule()
 
     # ---- compiling: the same walk as PixelCNNpp.forward ----------------------------------------------
+    # A change to PixelCNNpp.forward must be made here too: tests/test_pixelcnn_cached.py compares the two.
     def _add(self, node):
         self.nodes.append(node)
         return len(self.nodes) - 1
