@@ -23,7 +23,7 @@ logits differ from F.conv2d's in their last bits (another summation order), so a
 falls within ~1e-6 of an edge of its CDF can come out one value apart; the benchmark counts such images.
 
 Memory: every node keeps its whole map, about (sum of channels over nodes) x H x W floats per image
-(~7 MB per 28x28 image at 64 filters in float32), so images are sampled in chunks that fit ``max_bytes``.
+(9.8 MB per 28x28 image at 64 filters and 3 resnets in float32), so images are sampled in chunks that fit ``max_bytes``.
 Keeping only the rows still to be read (Ramachandran's queues) would cut this; it was not needed here.
 """
 
@@ -53,7 +53,7 @@ class _Node:
     channels: int
     terms: list
     bias: torch.Tensor | None = None
-    context: object = None  # the gated resnet whose context projection is added (a module), if any
+    context_block: object = None  # the gated resnet whose projected context is added (a module), if any
     context_size: tuple | None = None
     residual: int | None = None  # a gated resnet's input x: out = x + a * sigmoid(b)
     dep: np.ndarray | None = None  # ready step of each position (-1: needs no pixel)
@@ -166,7 +166,7 @@ class CachedGraph:
         c1 = self._add(_Node(size, term.weight.shape[1], terms, bias))
         term2, bias2, _ = self._conv_term(c1, block.conv2, "concat_elu")
         return self._add(_Node(size, self.nodes[x].channels, [term2], bias2,
-                               context=block if block.context is not None else None, context_size=size,
+                               context_block=block if block.context is not None else None, context_size=size,
                                residual=x))
 
     def _mirror_forward(self):
@@ -234,21 +234,20 @@ class CachedGraph:
         """Each gated resnet's projected context: [N, 1, C] for a vector h, [N, positions, C] for a map."""
         out = [None] * len(self.nodes)
         for k, node in enumerate(self.nodes):
-            if node.context is not None:
+            if node.context_block is not None:
                 h = context
                 if h.dim() == 4:
                     h = F.interpolate(h, size=node.context_size, mode="bilinear", align_corners=False)
-                proj = node.context.context(h)
+                proj = node.context_block.context(h)
                 out[k] = proj[:, None] if proj.dim() == 2 else proj.flatten(2).transpose(1, 2)
         return out
 
-    def _start(self, context, noise):
+    def _start(self, context, n):
         """Fresh state for a sampling run: every buffer NaN (a read before a write would reach the output)
         but its zero slot, the input's channel of ones, the projected contexts, and every position that
         needs no pixel computed. The state's tensors are updated in place from here on."""
         m = self.model
         C, H, W = m.image_shape
-        n = len(noise)
         bufs = []
         for node in self.nodes:
             b = torch.full((n, node.size[0] * node.size[1] + 1, node.channels), float("nan"), dtype=m.dtype,
@@ -256,7 +255,7 @@ class CachedGraph:
             b[:, -1] = 0.0
             bufs.append(b)
         bufs[0][:, :-1, -1] = 1.0
-        state = dict(bufs=bufs, contexts=self._contexts(context), noise=noise,
+        state = dict(bufs=bufs, contexts=self._contexts(context),
                      x=torch.zeros(n, C, H, W, dtype=torch.long, device=m.device))
         for k in range(1, len(self.nodes)):
             b = self.nodes[k].bounds
@@ -287,11 +286,11 @@ class CachedGraph:
             acc = bufs[node.residual][:, pos] + a * torch.sigmoid(b)
         bufs[k][:, pos] = acc
 
-    def _steps(self, first, last, state, progress=False):
+    def _steps(self, first, last, state, noise, progress=False):
         """Draw pixels first..last-1; after each, compute every position that became ready."""
         m = self.model
         C, H, W = m.image_shape
-        bufs, contexts, noise, x = state["bufs"], state["contexts"], state["noise"], state["x"]
+        bufs, contexts, x = state["bufs"], state["contexts"], state["x"]
         for p in tqdm(range(first, last), disable=not progress, desc="sample (cached)", leave=False):
             r, c = divmod(p, W)
             x[:, :, r, c] = m._sample_from_output(bufs[-1][:, p, :, None, None],
@@ -308,7 +307,7 @@ class CachedGraph:
         graph against PixelCNNpp.forward: same numbers up to summation order)."""
         m = self.model
         C, H, W = m.image_shape
-        state = self._start(context, torch.empty(len(x), 0))
+        state = self._start(context, len(x))
         bufs = state["bufs"]
         bufs[0][:, :-1, :C] = m._scale(x.to(m.device)).permute(0, 2, 3, 1).reshape(len(x), H * W, C)
         for k in range(1, len(self.nodes)):
@@ -329,8 +328,8 @@ class CachedGraph:
     def _run(self, context, noise, progress=False):
         """The sampling loop; returns (images, every node's buffer)."""
         _, H, W = self.model.image_shape
-        state = self._start(context, noise)
-        self._steps(0, H * W, state, progress)
+        state = self._start(context, len(noise))
+        self._steps(0, H * W, state, noise, progress)
         return state["x"], state["bufs"]
 
     def _sample_graphed(self, context, noise):
@@ -344,16 +343,16 @@ class CachedGraph:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # one eager run first: libraries allocate their workspaces
-                self._steps(0, H * W, self._start(static_context, static_noise))
+                self._steps(0, H * W, self._start(static_context, len(noise)), static_noise)
             torch.cuda.current_stream().wait_stream(side)
             start = torch.cuda.CUDAGraph()
             with torch.cuda.graph(start):
-                state = self._start(static_context, static_noise)
+                state = self._start(static_context, len(noise))
             rows = []
             for r in range(H):
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g, pool=start.pool()):
-                    self._steps(r * W, (r + 1) * W, state)
+                    self._steps(r * W, (r + 1) * W, state, static_noise)
                 rows.append(g)
             self._graphs = (key, static_noise, static_context, state, start, rows)
         _, static_noise, static_context, state, start, rows = self._graphs
