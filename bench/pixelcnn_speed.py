@@ -7,6 +7,8 @@ The naive baseline, measured in the same run: eager float32 (TF32 off on CUDA) f
 full network pass per pixel for sampling. Every other row is a ratio against it. The exact samplers
 ("fixed_point", "cached") draw with the same noise; the cached sampler's row says how many of its images
 are identical to the fixed point's (in float32 they may differ where a uniform falls on a CDF edge).
+Each training row also counts what one step launches (CUDA: kernel and graph launches from the host; CPU:
+leaf aten operators): at a few microseconds each, that count bounds a small model's step from below.
 
     python bench/pixelcnn_speed.py                       # CPU, both configs, reduced counts
     python bench/pixelcnn_speed.py --device cuda          # GPU, 1024 samples, torch.compile included
@@ -109,37 +111,89 @@ def train_step_flops(model, x, h):
     return counter.get_total_flops()
 
 
+def launches_per_step(step, device):
+    """What one training step costs in launches: on CUDA the host's kernel and graph launch calls (a small
+    model is launch-bound when this times a few microseconds approaches its step time); on a CPU the
+    leaf aten operators it runs (each a dispatch of similar fixed cost)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    events = prof.events()
+    if device.type == "cuda":
+        return sum(1 for e in events if e.name.startswith(("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch")))
+    aten = [e for e in events if e.name.startswith("aten::")]
+    return sum(1 for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children))
+
+
 def time_training(cfg, device, batch, steps, warmup, bf16=False, channels_last=False, compile=False, tf32_on=False,
-                  compile_mode=None, fused_adam=False):
+                  compile_mode=None, fused_adam=False, cudnn_benchmark=False, cuda_graph=False):
+    """Training images/s. ``cuda_graph`` records one whole step (forward, backward, Adam) as a CUDA graph
+    and replays it: the inputs are checked once beforehand, since a check that reads a value back to the
+    host cannot be recorded."""
     model = make_model(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, **(dict(fused=True) if fused_adam else {}))
+    adam = dict(fused=True) if fused_adam else {}
+    if cuda_graph:
+        adam["capturable"] = True
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, **adam)
     x, h = fake_batch(cfg, batch, device)
-    loss_fn = lambda m: -m.log_prob(x, h).mean()  # noqa: E731
+    if cuda_graph:
+        model.log_prob(x[:1], h[:1])  # the checks, once
+        loss_fn = lambda m: -m.sub_pixel_log_prob(x, h).sum(dim=(1, 2, 3)).mean()  # noqa: E731
+    else:
+        loss_fn = lambda m: -m.log_prob(x, h).mean()  # noqa: E731
     if compile:
         loss_fn = torch.compile(loss_fn, mode=compile_mode)
-    with tf32(tf32_on):
-        flops = train_step_flops(model, x, h)
+    old_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    try:
+        with tf32(tf32_on):
+            flops = train_step_flops(model, x, h)
 
-        def step():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_fn(model)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            def step():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not cuda_graph):
+                    loss = loss_fn(model)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
 
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            step()
-        sync(device)
-        warm_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(device)
-        dt = (time.perf_counter() - t0) / steps
-    return dict(images_per_s=batch / dt, step_ms=dt * 1e3, tflops=flops / dt / 1e12, warmup_s=warm_s)
+            t0 = time.perf_counter()
+            if cuda_graph:
+                # Warm up on a side stream (Adam's state and cuDNN's workspaces exist before recording), then
+                # record; the gradients are left unset so that the recorded backward writes them afresh.
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(warmup):
+                        step()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                opt.zero_grad(set_to_none=True)
+                with torch.cuda.graph(graph):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+                        loss = loss_fn(model)
+                    loss.backward()
+                    opt.step()
+                step = graph.replay
+            else:
+                for _ in range(warmup):
+                    step()
+            sync(device)
+            warm_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync(device)
+            dt = (time.perf_counter() - t0) / steps
+            launches = launches_per_step(step, device)
+    finally:
+        torch.backends.cudnn.benchmark = old_benchmark
+    return dict(images_per_s=batch / dt, step_ms=dt * 1e3, tflops=flops / dt / 1e12, warmup_s=warm_s,
+                launches_per_step=launches)
 
 
 def time_log_prob(cfg, device, batch, steps, bf16=False):
@@ -229,6 +283,9 @@ def main(argv=None):
                     help="which samplers to time, of naive (the baseline; without it no ratio is given), fixed_point, "
                          "cached, cached_graphs (default: all; cached_graphs only on cuda)")
     ap.add_argument("--autotune", action="store_true", help="include torch.compile(mode='max-autotune') (slow to compile)")
+    ap.add_argument("--variants", default=None,
+                    help="time only the training variants whose label contains one of these comma-separated words "
+                         "(the baseline always runs), e.g. 'graph,benchmark' to fit a 10-minute call")
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -246,7 +303,9 @@ def main(argv=None):
         cfg = CONFIGS[name]
         variants = [("eager fp32 (baseline)", dict())]
         if cuda:
-            variants.append(("eager TF32", dict(tf32_on=True)))
+            variants += [("eager TF32", dict(tf32_on=True)), ("eager fp32 + cudnn.benchmark", dict(cudnn_benchmark=True)),
+                         ("fp32, whole step as one CUDA graph", dict(cuda_graph=True, fused_adam=True)),
+                         ("bf16, whole step as one CUDA graph", dict(bf16=True, cuda_graph=True, fused_adam=True))]
         variants += [("bf16 autocast", dict(bf16=True)), ("bf16 + channels_last", dict(bf16=True, channels_last=True))]
         if do_compile:
             variants += [("fp32 + torch.compile", dict(compile=True)),
@@ -259,6 +318,9 @@ def main(argv=None):
             if args.autotune:
                 variants.append(("bf16 + compile(max-autotune) + fused Adam",
                                  dict(bf16=True, compile=True, compile_mode="max-autotune", fused_adam=True)))
+        if args.variants:
+            words = [w.strip() for w in args.variants.split(",") if w.strip()]
+            variants = variants[:1] + [v for v in variants[1:] if any(w in v[0] for w in words)]
         base = None
         for label, kw in ([] if args.skip_training else variants):
             try:
@@ -316,7 +378,8 @@ def main(argv=None):
             lines.append(f"| {r['config']} | {r['task']} | {r['variant']} | – | – | failed: {r['error'][:80]} |")
             continue
         if r["task"] == "train":
-            detail = f"batch {r['batch']}, {r['step_ms']:.1f} ms/step, {r['tflops']:.2f} TFLOP/s"
+            detail = (f"batch {r['batch']}, {r['step_ms']:.1f} ms/step, {r['tflops']:.2f} TFLOP/s, "
+                      f"{r['launches_per_step']} {'launches' if device.type == 'cuda' else 'aten ops'}/step")
         elif r["task"] == "log_prob":
             detail = f"batch {r['batch']}, {r['step_ms']:.1f} ms/batch, no gradients"
         else:
