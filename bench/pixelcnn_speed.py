@@ -284,8 +284,9 @@ def main(argv=None):
                          "cached, cached_graphs (default: all; cached_graphs only on cuda)")
     ap.add_argument("--autotune", action="store_true", help="include torch.compile(mode='max-autotune') (slow to compile)")
     ap.add_argument("--variants", default=None,
-                    help="time only the training variants whose label contains one of these comma-separated words "
-                         "(the baseline always runs), e.g. 'graph,benchmark' to fit a 10-minute call")
+                    help="time only the training variants whose label contains one of these comma-separated words, "
+                         "and none of those given with a leading '-' (the baseline always runs); e.g. "
+                         "'--variants=-compile' then '--variants compile' to split a run over two 10-minute calls")
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -320,7 +321,9 @@ def main(argv=None):
                                  dict(bf16=True, compile=True, compile_mode="max-autotune", fused_adam=True)))
         if args.variants:
             words = [w.strip() for w in args.variants.split(",") if w.strip()]
-            variants = variants[:1] + [v for v in variants[1:] if any(w in v[0] for w in words)]
+            keep, drop = [w for w in words if not w.startswith("-")], [w[1:] for w in words if w.startswith("-")]
+            variants = variants[:1] + [v for v in variants[1:] if (not keep or any(w in v[0] for w in keep))
+                                       and not any(w in v[0] for w in drop)]
         base = None
         for label, kw in ([] if args.skip_training else variants):
             try:
