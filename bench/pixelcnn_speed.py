@@ -305,8 +305,8 @@ def main(argv=None):
         variants = [("eager fp32 (baseline)", dict())]
         if cuda:
             variants += [("eager TF32", dict(tf32_on=True)), ("eager fp32 + cudnn.benchmark", dict(cudnn_benchmark=True)),
-                         ("fp32, whole step as one CUDA graph", dict(cuda_graph=True, fused_adam=True)),
-                         ("bf16, whole step as one CUDA graph", dict(bf16=True, cuda_graph=True, fused_adam=True))]
+                         ("fp32, whole step as one CUDA graph + fused Adam", dict(cuda_graph=True, fused_adam=True)),
+                         ("bf16, whole step as one CUDA graph + fused Adam", dict(bf16=True, cuda_graph=True, fused_adam=True))]
         variants += [("bf16 autocast", dict(bf16=True)), ("bf16 + channels_last", dict(bf16=True, channels_last=True))]
         if do_compile:
             variants += [("fp32 + torch.compile", dict(compile=True)),
