@@ -304,9 +304,11 @@ def main(argv=None):
         cfg = CONFIGS[name]
         variants = [("eager fp32 (baseline)", dict())]
         if cuda:
-            variants += [("eager TF32", dict(tf32_on=True)), ("eager fp32 + cudnn.benchmark", dict(cudnn_benchmark=True)),
-                         ("fp32, whole step as one CUDA graph + fused Adam", dict(cuda_graph=True, fused_adam=True)),
-                         ("bf16, whole step as one CUDA graph + fused Adam", dict(bf16=True, cuda_graph=True, fused_adam=True))]
+            graph = dict(cuda_graph=True, fused_adam=True)
+            variants += [("eager TF32", dict(tf32_on=True)),
+                         ("eager fp32 + cudnn.benchmark", dict(cudnn_benchmark=True)),
+                         ("fp32, whole step as one CUDA graph + fused Adam", graph),
+                         ("bf16, whole step as one CUDA graph + fused Adam", dict(graph, bf16=True))]
         variants += [("bf16 autocast", dict(bf16=True)), ("bf16 + channels_last", dict(bf16=True, channels_last=True))]
         if do_compile:
             variants += [("fp32 + torch.compile", dict(compile=True)),
