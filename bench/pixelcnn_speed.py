@@ -52,16 +52,21 @@ def sync(device):
 
 
 @contextlib.contextmanager
-def tf32(enabled):
+def cuda_backends(tf32=False, cudnn_benchmark=False):
+    """TF32 matmuls/convolutions and cuDNN's algorithm timing, on or off for a block (no-ops without CUDA)."""
     if not torch.cuda.is_available():
         yield
         return
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), \
+        (torch.backends.cudnn, "benchmark")
+    old = [getattr(obj, name) for obj, name in flags]
+    for (obj, name), value in zip(flags, (tf32, tf32, cudnn_benchmark)):
+        setattr(obj, name, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        for (obj, name), value in zip(flags, old):
+            setattr(obj, name, value)
 
 
 def make_model(cfg, device, checkpoint=None):
@@ -148,50 +153,41 @@ def time_training(cfg, device, batch, steps, warmup, bf16=False, channels_last=F
         loss_fn = lambda m: -m.log_prob(x, h).mean()  # noqa: E731
     if compile:
         loss_fn = torch.compile(loss_fn, mode=compile_mode)
-    old_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    try:
-        with tf32(tf32_on):
-            flops = train_step_flops(model, x, h)
+    with cuda_backends(tf32_on, cudnn_benchmark):
+        flops = train_step_flops(model, x, h)
 
-            def step():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not cuda_graph):
-                    loss = loss_fn(model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not cuda_graph):
+                loss = loss_fn(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
-            t0 = time.perf_counter()
-            if cuda_graph:
-                # Warm up on a side stream (Adam's state and cuDNN's workspaces exist before recording), then
-                # record; the gradients are left unset so that the recorded backward writes them afresh.
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    for _ in range(warmup):
-                        step()
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                opt.zero_grad(set_to_none=True)
-                with torch.cuda.graph(graph):
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
-                        loss = loss_fn(model)
-                    loss.backward()
-                    opt.step()
-                step = graph.replay
-            else:
+        t0 = time.perf_counter()
+        if cuda_graph:
+            # Warm up on a side stream (Adam's state and cuDNN's workspaces exist before recording), then
+            # record one step; its zero_grad leaves the gradients unset, so the recorded backward writes them.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
                 for _ in range(warmup):
                     step()
-            sync(device)
-            warm_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            for _ in range(steps):
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 step()
-            sync(device)
-            dt = (time.perf_counter() - t0) / steps
-            launches = launches_per_step(step, device)
-    finally:
-        torch.backends.cudnn.benchmark = old_benchmark
+            step = graph.replay
+        else:
+            for _ in range(warmup):
+                step()
+        sync(device)
+        warm_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        dt = (time.perf_counter() - t0) / steps
+        launches = launches_per_step(step, device)
     return dict(images_per_s=batch / dt, step_ms=dt * 1e3, tflops=flops / dt / 1e12, warmup_s=warm_s,
                 launches_per_step=launches)
 
@@ -226,7 +222,7 @@ def time_sampling(cfg, device, n, method, checkpoint=None, contexts=None, naive_
     n = len(h)
     noise = model.draw_noise(n, torch.Generator().manual_seed(2))
     C, H, W = cfg["image_shape"]
-    with tf32(tf32_on), torch.no_grad():
+    with cuda_backends(tf32_on), torch.no_grad():
         if method == "naive":
             pixels = H * W if naive_pixels is None else min(naive_pixels, H * W)
             x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
