@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from inversion.atomic import atomic_write
+
 __all__ = [
     "AFFNIST",
     "AffineSpec",
@@ -199,33 +201,21 @@ def _md5_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _publish(tmp: Path, dest: Path) -> None:
-    """Atomically rename a finished temp file to ``dest``, with the permissions a plain open() would give."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-    os.replace(tmp, dest)
-
-
 def _write_verified(chunks: Iterable[bytes], dest: Path, md5: str, origin: str) -> None:
-    """Stream ``chunks`` to a temp file beside ``dest``; rename it to ``dest`` only if its md5 is ``md5``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    """Stream ``chunks`` to ``dest`` (atomically); a wrong md5 raises before the rename, so ``dest`` is untouched."""
+
+    def write(out):
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                digest.update(chunk)
-                out.write(chunk)
+        for chunk in chunks:
+            digest.update(chunk)
+            out.write(chunk)
         got = digest.hexdigest()
         if got != md5:
             raise ChecksumError(f"{dest.name} from {origin} has md5 {got}, expected {md5}; "
                                 f"the file was removed and not used.")
-        _publish(tmp, dest)
-        _VERIFIED.add(_stat_key(dest))
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(dest, write, suffix=".part")
+    _VERIFIED.add(_stat_key(dest))
 
 
 def _read_chunks(path: Path, opener: Callable = open) -> Iterator[bytes]:
@@ -584,14 +574,7 @@ def _ensure_affnist(root: Path) -> tuple[str, Path]:
         arrays[f"{split}_images"] = affine_mnist(torch.from_numpy(images), seed).numpy()
         arrays[f"{split}_labels"] = labels
     arrays["spec"] = np.array(json.dumps(dataclasses.asdict(AFFNIST)))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # uncompressed: loads in a fraction of a second
-        _publish(Path(tmp), cache)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(cache, lambda f: np.savez(f, **arrays), suffix=".part")  # uncompressed: loads in a fraction of a second
     return f"generated from MNIST (seed {AFFNIST.seed})", cache
 
 

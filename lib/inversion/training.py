@@ -1,10 +1,10 @@
 """The one training loop every model here uses: classifiers, PixelCNN++ inversion models, MSE decoders.
 
 What it guarantees, so callers need not:
-- Resumable. All state (weights, optimiser, step, best score, history) is written atomically to
-  ``workdir/state.pt`` every ``checkpoint_every`` steps and at the end; a rerun with the same workdir
-  continues from there. Batches are a pure function of (seed, step), so a resumed run sees exactly the
-  batches an uninterrupted run would have.
+- Resumable. All state (weights, optimiser, step, best score, history) is written atomically
+  (``inversion.atomic``) to ``workdir/state.pt`` every ``checkpoint_every`` steps and at the end; a rerun
+  with the same workdir continues from there. Batches are a pure function of (seed, step), so a resumed
+  run sees exactly the batches an uninterrupted run would have.
 - Snapshots of the weights at requested step counts (``snapshot_steps``; §5.3 needs 0, 1e2, ... 1e5),
   written to ``workdir/step_<k>.pt``.
 - Early stopping on a validation score (higher is better) with the best weights kept in
@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,12 +26,18 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from inversion.atomic import atomic_torch_save, atomic_write_text
+
 
 @dataclasses.dataclass
 class TrainConfig:
+    """The loop's settings. What to train for how long at which rate is the caller's (each model has its own
+    config dataclass with its defaults: PixelCNNConfig, ClassifierConfig, DecoderConfig); the rest has
+    neutral defaults that change nothing unless asked."""
+
     steps: int
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int
+    lr: float
     lr_decay: float = 1.0  # multiplicative, applied after every step
     adam_betas: tuple[float, float] = (0.9, 0.999)
     eval_every: int = 0  # 0: never evaluate
@@ -44,19 +50,24 @@ class TrainConfig:
     progress: bool = True
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same directory, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def check_field(config, name: str, kind: type, ok: Callable[[object], bool], valid: str) -> None:
+    """Raise a ValueError naming ``config``'s field ``name``, its value and ``valid`` (the valid range in
+    words) unless the value is of ``kind`` and ``ok(value)`` holds. The model config dataclasses'
+    __post_init__ use it, so a bad setting fails where it is written, not deep inside a training run.
+
+    ``kind`` is int, float, bool, str or a tuple of types; a bool is not an int here (steps=True is a
+    mistake) and an int is a float (lr=1 is fine)."""
+    value = getattr(config, name)
+    if kind is bool:
+        typed = isinstance(value, bool)
+    elif kind is int:
+        typed = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif kind is float:
+        typed = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        typed = isinstance(value, kind)
+    if not typed or not ok(value):
+        raise ValueError(f"{type(config).__name__}.{name} must be {valid}, got {value!r}")
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
@@ -125,7 +136,7 @@ def fit(
         return [t[idx].to(device, non_blocking=True) for t in data]
 
     def save_state():
-        atomic_save(
+        atomic_torch_save(
             dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                  progress=state, config=dataclasses.asdict(cfg)),
             state_path,
@@ -140,7 +151,7 @@ def fit(
         state["history"].append(row)
         if metrics["score"] > state["best_score"]:
             state.update(best_score=float(metrics["score"]), best_step=state["step"], evals_since_best=0)
-            atomic_save(model.state_dict(), workdir / "best.pt")
+            atomic_torch_save(model.state_dict(), workdir / "best.pt")
         else:
             state["evals_since_best"] += 1
         return row
@@ -150,7 +161,7 @@ def fit(
         with torch.no_grad():
             on_start(model, batch_at(0))
     if state["step"] == 0 and 0 in cfg.snapshot_steps:
-        atomic_save(model.state_dict(), workdir / "step_0.pt")
+        atomic_torch_save(model.state_dict(), workdir / "step_0.pt")
 
     stopped_early = state.get("stopped_early", False)
     t0 = time.perf_counter() - state["seconds"]
@@ -177,7 +188,7 @@ def fit(
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.4g}")
         if state["step"] in cfg.snapshot_steps:
-            atomic_save(model.state_dict(), workdir / f"step_{state['step']}.pt")
+            atomic_torch_save(model.state_dict(), workdir / f"step_{state['step']}.pt")
         if eval_fn is not None and cfg.eval_every and state["step"] % cfg.eval_every == 0:
             evaluate(last_loss)
             if cfg.patience and state["evals_since_best"] >= cfg.patience:
@@ -225,10 +236,7 @@ def write_run_config(workdir: str | os.PathLike, run_config: dict) -> None:
         if saved != run_config:
             raise ValueError(f"{workdir} holds a different run ({saved}); not resuming it as {run_config}. "
                              "Use another workdir or delete this one.")
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(run_config, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(run_config, indent=1))
 
 
 def load_trained(model_class, workdir: str | os.PathLike, weights: str = "best.pt", device=None):

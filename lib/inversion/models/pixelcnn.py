@@ -1,7 +1,9 @@
 """Conditional PixelCNN++ (Salimans et al. 2017), the inversion model p(x | h) of Nash et al. (2019).
 
-Read top to bottom: weight-normalised layers, shifted convolutions, the gated resnet block, the
-two-stream network, then the two pixel likelihoods and sampling.
+Read top to bottom: the configuration (every default written once), weight-normalised layers, shifted
+convolutions, the gated resnet block, the two-stream network, the two pixel likelihoods, the draw of one
+pixel from the network output, and training. Sampling loops over the pixels of an image (naive, fixed
+point, cached) live in ``inversion.models.sampling``, which builds on this module and never the reverse.
 
 Conventions
 - Images are integer tensors [N, C, H, W] with values 0..255 (uint8). Inside, values are scaled to
@@ -12,6 +14,9 @@ Conventions
   (context_shape=(C', H', W')). It biases every gated resnet of both streams: a vector through a
   linear projection, a map resized to each resolution (bilinear) and projected by a 1x1 conv
   (Appendix A of the paper). The projection is added before the gate, so h moves value and gate.
+- The network is described once, by ``PixelCNNpp.walk``, as a sequence of a few operations (shifted
+  convolutions and their sums, gated resnets, upsampling, the output layer). ``forward`` runs the walk on
+  tensors (``EagerOps``); the cached sampler runs the same walk with operations that build a graph.
 
 Choices beyond the original, each documented where it is made:
 - A 256-way softmax likelihood for images with several channels needs an intra-pixel dependence the
@@ -26,13 +31,85 @@ Choices beyond the original, each documented where it is made:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from inversion.bounds import per_image_log_prob
+from inversion.training import TrainConfig, TrainResult, check_field, fit, write_run_config
 
 LIKELIHOODS = ("softmax", "logistic_mixture")
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration: what an inversion model is and how it is trained (Appendix A)
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PixelCNNConfig:
+    """Every setting of one inversion model, with the paper's values as defaults (Appendix A).
+
+    The field names and defaults are also the keys of the inversion stage's cache entries, so they are
+    written here once: ``PixelCNNpp``'s keyword defaults and ``train_pixelcnn`` read them from this class.
+
+    Architecture (``ARCHITECTURE``; ``architecture()`` gives them as PixelCNNpp keywords):
+        n_filters: channels of every stream (paper: 64 for MNIST, 196 for SVHN/CIFAR).
+        n_resnet: gated resnets per block (paper: 3; the original PixelCNN++ used 5).
+        n_resolutions: resolutions in each pass (the original: 3).
+        likelihood: "softmax" (256-way per sub-pixel; the paper's choice for MNIST) or
+            "logistic_mixture" (discretised mixture of logistics; the paper's choice for SVHN/CIFAR).
+        n_mixtures: mixture components (paper: 10).
+        dropout: rate inside every gated resnet (paper: 0.5; 0.1 for CONV1 of SVHN/CIFAR).
+        context_dropout: rate on the projected context (paper: 0.2 for CIFAR-FC3, else 0).
+    Training (``train_pixelcnn``):
+        steps: Adam updates (paper: up to 250k). batch_size: images per update (paper: 32).
+        lr, lr_decay: Adam's learning rate 1e-3 and its multiplicative decay 0.9999 per update (the paper
+            does not say per what; read here as per update).
+        eval_every, patience: validation every so many updates and early stopping after ``patience``
+            evaluations without improvement (0: neither).
+        bf16: autocast the network to bfloat16 (the likelihood stays float32). seed: batch order, dropout.
+    """
+
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("n_filters", "n_resnet", "n_resolutions", "likelihood", "n_mixtures",
+                                               "dropout", "context_dropout")
+
+    n_filters: int = 64
+    n_resnet: int = 3
+    n_resolutions: int = 3
+    likelihood: str = "softmax"
+    n_mixtures: int = 10
+    dropout: float = 0.5
+    context_dropout: float = 0.0
+    steps: int = 250000
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_decay: float = 0.9999
+    eval_every: int = 0
+    patience: int = 0
+    bf16: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        check = lambda name, kind, ok, valid: check_field(self, name, kind, ok, valid)  # noqa: E731
+        for name in ("n_filters", "n_resnet", "n_resolutions", "n_mixtures"):
+            check(name, int, lambda v: v >= 1, "an integer >= 1")
+        check("likelihood", str, lambda v: v in LIKELIHOODS, f"one of {LIKELIHOODS}")
+        for name in ("dropout", "context_dropout"):
+            check(name, float, lambda v: 0 <= v < 1, "a rate in [0, 1)")
+        check("steps", int, lambda v: v >= 0, "an integer >= 0")
+        check("batch_size", int, lambda v: v >= 1, "an integer >= 1")
+        check("lr", float, lambda v: v > 0, "a number > 0")
+        check("lr_decay", float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+        check("eval_every", int, lambda v: v >= 0, "an integer >= 0 (0: never)")
+        check("patience", int, lambda v: v >= 0, "an integer >= 0 (0: never stop early)")
+        check("bf16", bool, lambda v: True, "True or False")
+        check("seed", int, lambda v: True, "an integer")
+
+    def architecture(self) -> dict:
+        """The architecture fields as keywords of ``PixelCNNpp``."""
+        return {name: getattr(self, name) for name in self.ARCHITECTURE}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,26 +293,78 @@ def _down_right_conv(c_in, c_out, init_scale=1.0):
 
 
 # --------------------------------------------------------------------------------------------------
-# The network
+# The operations the network is written in, on tensors
+# --------------------------------------------------------------------------------------------------
+class EagerOps:
+    """The operations of ``PixelCNNpp.walk`` computed on tensors: what ``forward`` runs.
+
+    Each method is the definition of its operation; ``inversion.models.sampling.GraphOps`` implements the
+    same eight to compile the network for incremental sampling. A new kind of layer means a new operation
+    here and there, and nowhere else."""
+
+    def input(self, x):
+        """The image [N, C, H, W] (scaled) with a channel of ones, so that zero padding differs from black."""
+        return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+
+    def size(self, x):
+        return tuple(x.shape[2:])
+
+    def context_pyramid(self, h, sizes):
+        """The context as each resolution needs it: a vector as is, a map resized (bilinear) per size."""
+        if h is None:
+            return [None] * len(sizes)
+        if h.dim() == 2:
+            return [h] * len(sizes)
+        return [F.interpolate(h, size=s, mode="bilinear", align_corners=False) for s in sizes]
+
+    def shifted_sum(self, x, parts):
+        """sum over (module, down, right) in ``parts`` of module(x) shifted down or right by one."""
+        total = None
+        for module, down, right in parts:
+            y = _SHIFTS[down, right](module(x))
+            total = y if total is None else total + y
+        return total
+
+    def conv(self, x, module):
+        """A DownShiftedConv, DownRightShiftedConv or 1x1 WNConv2d."""
+        return module(x)
+
+    def gated_resnet(self, block, x, skips, h):
+        """A GatedResnet on x, with the concatenation of ``skips`` (if any) as its skip input."""
+        skip = None if not skips else skips[0] if len(skips) == 1 else torch.cat(list(skips), dim=1)
+        return block(x, skip, h=h)
+
+    def upsample(self, x, module, size):
+        """A DownShiftedDeconv or DownRightShiftedDeconv, cropped to ``size``."""
+        return module(x, size)
+
+    def output(self, x, module):
+        """The output layer: a 1x1 WNConv2d of elu(x)."""
+        return module(F.elu(x))
+
+
+EAGER = EagerOps()
+_SHIFTS = {(1, 0): down_shift, (0, 1): right_shift}
+
+
+# --------------------------------------------------------------------------------------------------
+# The network, described once as a walk over a few operations
 # --------------------------------------------------------------------------------------------------
 class PixelCNNpp(nn.Module):
-    """Conditional PixelCNN++.
+    """Conditional PixelCNN++ (the architecture fields are described in ``PixelCNNConfig``).
 
     Args:
         image_shape: (C, H, W).
         context_shape: None (unconditional), (D,) for a vector h, or (C', H', W') for a spatial h.
-        n_filters: channels of every stream (paper: 64 for MNIST, 196 for SVHN/CIFAR).
-        n_resnet: gated resnets per block (paper: 3; the original PixelCNN++ used 5).
-        likelihood: "softmax" (256-way per sub-pixel; the paper's choice for MNIST) or
-            "logistic_mixture" (discretised mixture of logistics; the paper's choice for SVHN/CIFAR).
-        n_mixtures: mixture components (paper: 10).
-        dropout: rate inside every gated resnet (paper: 0.5; 0.1 for CONV1 of SVHN/CIFAR).
-        context_dropout: rate on the projected context (paper: 0.2 for CIFAR-FC3, else 0).
-        n_resolutions: number of resolutions in each pass (the original: 3).
+        n_filters, n_resnet, likelihood, n_mixtures, dropout, context_dropout, n_resolutions: see
+            PixelCNNConfig, whose defaults these are. ``model.config`` holds every argument, so that
+            ``PixelCNNpp(**model.config)`` rebuilds the model (saved model.json files are read that way).
     """
 
-    def __init__(self, image_shape, context_shape=None, n_filters=64, n_resnet=3, likelihood="softmax",
-                 n_mixtures=10, dropout=0.5, context_dropout=0.0, n_resolutions=3):
+    def __init__(self, image_shape, context_shape=None, n_filters: int = PixelCNNConfig.n_filters,
+                 n_resnet: int = PixelCNNConfig.n_resnet, likelihood: str = PixelCNNConfig.likelihood,
+                 n_mixtures: int = PixelCNNConfig.n_mixtures, dropout: float = PixelCNNConfig.dropout,
+                 context_dropout: float = PixelCNNConfig.context_dropout, n_resolutions: int = PixelCNNConfig.n_resolutions):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -244,10 +373,9 @@ class PixelCNNpp(nn.Module):
             context_shape = tuple(int(s) for s in context_shape)
             if len(context_shape) not in (1, 3) or min(context_shape) < 1:
                 raise ValueError(f"context_shape must be None, (D,) or (C, H, W); got {context_shape}")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {LIKELIHOODS}")
-        if n_resolutions < 1 or n_resnet < 1 or n_filters < 1:
-            raise ValueError("n_resolutions, n_resnet and n_filters must be >= 1")
+        # the architecture's checks are the configuration's
+        PixelCNNConfig(n_filters=n_filters, n_resnet=n_resnet, n_resolutions=n_resolutions, likelihood=likelihood,
+                       n_mixtures=n_mixtures, dropout=dropout, context_dropout=context_dropout)
         self.config = dict(image_shape=image_shape, context_shape=context_shape, n_filters=n_filters,
                            n_resnet=n_resnet, likelihood=likelihood, n_mixtures=n_mixtures, dropout=dropout,
                            context_dropout=context_dropout, n_resolutions=n_resolutions)
@@ -288,6 +416,11 @@ class PixelCNNpp(nn.Module):
             n_out = n_mixtures * (1 + 2 * C + C * (C - 1) // 2)
         self.out = WNConv2d(nf, n_out, init_scale=0.1)
 
+    @classmethod
+    def from_config(cls, image_shape, context_shape, config: PixelCNNConfig) -> "PixelCNNpp":
+        """The model ``config`` describes (its architecture fields), for these image and context shapes."""
+        return cls(image_shape, context_shape, **config.architecture())
+
     # ---- plumbing -------------------------------------------------------------------------------
     @property
     def dtype(self):
@@ -297,51 +430,64 @@ class PixelCNNpp(nn.Module):
     def device(self):
         return self.out.v.device
 
-    def _context_pyramid(self, h, sizes):
-        """The context as each resolution needs it: a vector as is, a map resized (bilinear) per size."""
-        if h is None:
-            return [None] * len(sizes)
-        if h.dim() == 2:
-            return [h] * len(sizes)
-        return [F.interpolate(h, size=s, mode="bilinear", align_corners=False) for s in sizes]
+    def n_parameters(self):
+        return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x, context=None):
-        """Network output (distribution parameters) for every pixel: [N, n_out, H, W].
+    # ---- the network --------------------------------------------------------------------------------
+    def walk(self, ops, x, context):
+        """The network, once: the up pass and the down pass of both streams, written against ``ops``.
 
-        ``x`` is float, scaled to [-1, 1]; the output at pixel (i, j) depends only on pixels before it.
+        ``ops`` supplies eight operations (see ``EagerOps``, whose methods are their definitions on
+        tensors): ``input`` (the image and its channel of ones), ``size``, ``context_pyramid`` (h at every
+        resolution), ``shifted_sum`` (a sum of shifted convolutions of one input: the streams' starting
+        points), ``conv`` (a shifted or 1x1 convolution module), ``gated_resnet`` (a block with its skip
+        sources, concatenated in the given order), ``upsample`` (a transposed convolution cropped to a size)
+        and ``output`` (the last layer on elu of the down-right stream). ``forward`` runs this with
+        ``EagerOps``; ``inversion.models.sampling`` runs it with operations that build its compiled graph,
+        so the two cannot describe different networks.
+
+        The u stream sees the rows above a pixel (down-shifted convolutions), the ul stream also the pixels
+        to its left on its row (down-right-shifted ones); both are gated resnets conditioned on h at every
+        resolution, with the up pass's activations fed to the down pass as skip inputs (PixelCNN++).
         """
-        N, _, H, W = x.shape
-        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
-        sizes = [(H, W)]
+        x = ops.input(x)
+        sizes = [ops.size(x)]
         for _ in range(self.n_resolutions - 1):
             h_, w_ = sizes[-1]
             sizes.append(((h_ + 1) // 2, (w_ + 1) // 2))
-        hs = self._context_pyramid(context, sizes)
+        hs = ops.context_pyramid(context, sizes)
 
-        u = down_shift(self.u_init(x))
-        ul = down_shift(self.ul_init_down(x)) + right_shift(self.ul_init_right(x))
+        u = ops.shifted_sum(x, [(self.u_init, 1, 0)])
+        ul = ops.shifted_sum(x, [(self.ul_init_down, 1, 0), (self.ul_init_right, 0, 1)])
         us, uls = [u], [ul]
         for r in range(self.n_resolutions):
             for block_u, block_ul in zip(self.up_u[r], self.up_ul[r]):
-                u = block_u(u, h=hs[r])
-                ul = block_ul(ul, u, h=hs[r])
+                u = ops.gated_resnet(block_u, u, (), hs[r])
+                ul = ops.gated_resnet(block_ul, ul, (u,), hs[r])
                 us.append(u)
                 uls.append(ul)
             if r < self.n_resolutions - 1:
-                u, ul = self.downsample_u[r](u), self.downsample_ul[r](ul)
+                u, ul = ops.conv(u, self.downsample_u[r]), ops.conv(ul, self.downsample_ul[r])
                 us.append(u)
                 uls.append(ul)
 
         u, ul = us.pop(), uls.pop()
         for r in reversed(range(self.n_resolutions)):
             for block_u, block_ul in zip(self.down_u[r], self.down_ul[r]):
-                u = block_u(u, us.pop(), h=hs[r])
-                ul = block_ul(ul, torch.cat([u, uls.pop()], dim=1), h=hs[r])
+                u = ops.gated_resnet(block_u, u, (us.pop(),), hs[r])
+                ul = ops.gated_resnet(block_ul, ul, (u, uls.pop()), hs[r])
             if r > 0:
-                u = self.upsample_u[r - 1](u, sizes[r - 1])
-                ul = self.upsample_ul[r - 1](ul, sizes[r - 1])
+                u = ops.upsample(u, self.upsample_u[r - 1], sizes[r - 1])
+                ul = ops.upsample(ul, self.upsample_ul[r - 1], sizes[r - 1])
         assert not us and not uls
-        return self.out(F.elu(ul))
+        return ops.output(ul, self.out)
+
+    def forward(self, x, context=None):
+        """Network output (distribution parameters) for every pixel: [N, n_out, H, W].
+
+        ``x`` is float, scaled to [-1, 1]; the output at pixel (i, j) depends only on pixels before it.
+        """
+        return self.walk(EAGER, x, context)
 
     @torch.no_grad()
     def data_init(self, x, context=None):
@@ -350,14 +496,15 @@ class PixelCNNpp(nn.Module):
         for m in layers:
             m.initializing = True
         try:
-            x = self._check_images(x).to(self.device)
-            self.forward(self._scale(x), self._on_device(self._check_context(context, len(x))))
+            x = self.check_images(x).to(self.device)
+            self.forward(self.scale(x), self.on_device(self.check_context(context, len(x))))
         finally:
             for m in layers:
                 m.initializing = False
 
     # ---- input checks -----------------------------------------------------------------------------
-    def _check_images(self, x):
+    def check_images(self, x):
+        """``x`` itself if it is an integer image batch [N, C, H, W] of this model with values 0..255."""
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x must be a torch tensor of pixel values 0..255, got {type(x).__name__}")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
@@ -369,7 +516,8 @@ class PixelCNNpp(nn.Module):
             raise ValueError(f"x values must lie in 0..255, got range {x.min().item()}..{x.max().item()}")
         return x
 
-    def _check_context(self, context, n):
+    def check_context(self, context, n):
+        """``context`` itself if it suits this model for ``n`` images (None for an unconditional model)."""
         if self.context_shape is None:
             if context is not None:
                 raise ValueError("this model is unconditional (context_shape=None) but a context was given")
@@ -385,24 +533,26 @@ class PixelCNNpp(nn.Module):
             raise ValueError("context contains NaN or inf")
         return context
 
-    def _on_device(self, context):
+    def on_device(self, context):
+        """A context on the model's device and in its dtype (None stays None)."""
         return None if context is None else context.to(self.device, self.dtype)
 
-    def _scale(self, x):
+    def scale(self, x):
+        """Pixel values 0..255 as the network's input: the model's dtype, in [-1, 1]."""
         return x.to(self.dtype) / 127.5 - 1.0
 
     # ---- likelihood ---------------------------------------------------------------------------------
     def log_prob(self, x, context=None, reduce=True):
         """log p(x | context) in nats: [N], or per sub-pixel [N, C, H, W] with reduce=False."""
-        x = self._check_images(x).to(self.device)
-        context = self._on_device(self._check_context(context, len(x)))
+        x = self.check_images(x).to(self.device)
+        context = self.on_device(self.check_context(context, len(x)))
         lp = self.sub_pixel_log_prob(x, context)
         return lp.sum(dim=(1, 2, 3)) if reduce else lp
 
     def sub_pixel_log_prob(self, x, context=None):
         """log_prob(reduce=False) without input checks: for callers that checked once already (and for
         torch.func.vmap, which cannot run the checks' data-dependent branches)."""
-        out = self.forward(self._scale(x), context)
+        out = self.forward(self.scale(x), context)
         # The likelihood itself is always evaluated in float32 or wider, also under bf16 autocast.
         with torch.autocast(out.device.type, enabled=False):
             out = out.to(torch.promote_types(out.dtype, torch.float32))
@@ -476,15 +626,21 @@ class PixelCNNpp(nn.Module):
         joint = torch.logsumexp(log_w[:, :, None] + lp.cumsum(dim=2), dim=1)  # [N, C, H, W]
         return joint - F.pad(joint[:, :-1], (0, 0, 0, 0, 1, 0))
 
-    # ---- sampling -------------------------------------------------------------------------------
+    # ---- one pixel from the network output -------------------------------------------------------------------------------
     def draw_noise(self, n, generator=None):
         """The uniforms one sample consumes: [n, C + 1, H, W] (slot 0: mixture component, 1..C: channels).
-        Passing the same noise to any sampler gives the same images."""
+        Passing the same noise to any sampler (inversion.models.sampling) gives the
+        same images."""
         C, H, W = self.image_shape
         return torch.rand(n, C + 1, H, W, generator=generator, dtype=torch.float64).to(self.device)
 
-    def _sample_from_output(self, out, u):
-        """Draw sub-pixels from the network output with given uniforms; vectorised over any spatial extent."""
+    def draw_from_output(self, out, u):
+        """Sub-pixels (long) drawn from the network output ``out`` [N, n_out, ...] with the uniforms ``u``
+        [N, C + 1, ...] of ``draw_noise``, by inverting each CDF; vectorised over any spatial extent.
+
+        Channels are drawn in order, each given the ones drawn before it (the channel tables of the softmax,
+        the coupled means of the mixture); a mixture first picks its component with slot 0 of ``u``. Every
+        sampler draws its pixels with this, so equal outputs and equal noise give equal images."""
         C = self.image_shape[0]
         out = out.to(torch.promote_types(out.dtype, torch.float32))
         u = u.to(out.dtype)
@@ -514,79 +670,6 @@ class PixelCNNpp(nn.Module):
             xs[:, c] = x[:, c].to(xs.dtype) / 127.5 - 1.0
         return x
 
-    @torch.no_grad()
-    def sample(self, context=None, n=None, noise=None, generator=None, method="cached", progress=False):
-        """Draw images from p(x | context): uint8 [N, C, H, W].
-
-        method "naive": one network pass per pixel, in raster order (H*W passes).
-        method "fixed_point": with the noise frozen, pass the whole image through the network and redraw
-            every pixel from its output, until nothing changes. Pixel k is final once pixels < k are, so
-            this ends in at most H*W passes and returns exactly the naive sampler's images; images that
-            have converged leave the batch.
-        method "cached": one pixel at a time, but every activation is computed once, as soon as the pixels
-            it depends on are drawn, and kept (inversion.pixelcnn_cached): about one network pass per image
-            in all. Returns the naive sampler's images (exactly in float64).
-        """
-        if context is not None:
-            n = len(context)
-        if n is None:
-            raise ValueError("give a context (one image is drawn per row) or n for an unconditional model")
-        context = self._on_device(self._check_context(context, n))
-        if noise is None:
-            noise = self.draw_noise(n, generator)
-        C, H, W = self.image_shape
-        if tuple(noise.shape) != (n, C + 1, H, W):
-            raise ValueError(f"noise must have shape [{n}, {C + 1}, {H}, {W}] (see draw_noise), got {list(noise.shape)}")
-        noise = noise.to(self.device)
-        was_training = self.training
-        self.eval()
-        try:
-            if method == "naive":
-                x = self._sample_naive(context, noise, n, progress)
-            elif method == "fixed_point":
-                x = self._sample_fixed_point(context, noise, n, progress)
-            elif method == "cached":
-                from inversion.pixelcnn_cached import sample_cached  # it builds on this module
-
-                x = sample_cached(self, context, noise, progress)
-            else:
-                raise ValueError(f"unknown sampling method {method!r}; expected 'naive', 'fixed_point' or 'cached'")
-        finally:
-            self.train(was_training)
-        return x.to(torch.uint8)
-
-    def _sample_naive(self, context, noise, n, progress):
-        C, H, W = self.image_shape
-        x = torch.zeros(n, C, H, W, dtype=torch.long, device=self.device)
-        for i in tqdm(range(H * W), disable=not progress, desc="sample (naive)", leave=False):
-            r, c = divmod(i, W)
-            out = self.forward(self._scale(x), context)
-            x[:, :, r, c] = self._sample_from_output(out[:, :, r : r + 1, c : c + 1],
-                                                     noise[:, :, r : r + 1, c : c + 1])[:, :, 0, 0]
-        return x
-
-    def _sample_fixed_point(self, context, noise, n, progress):
-        C, H, W = self.image_shape
-        x = torch.zeros(n, C, H, W, dtype=torch.long, device=self.device)
-        active = torch.arange(n, device=self.device)
-        bar = tqdm(total=n, disable=not progress, desc="sample (fixed point)", leave=False)
-        self.last_sample_passes = 0  # network passes the last fixed-point sample took (for benchmarks)
-        for _ in range(H * W + 1):
-            if len(active) == 0:
-                break
-            self.last_sample_passes += 1
-            ctx = None if context is None else context[active]
-            new = self._sample_from_output(self.forward(self._scale(x[active]), ctx), noise[active])
-            changed = (new != x[active]).flatten(1).any(dim=1)
-            x[active] = new
-            bar.update(int((~changed).sum()))
-            active = active[changed]
-        bar.close()
-        return x
-
-    def n_parameters(self):
-        return sum(p.numel() for p in self.parameters())
-
 
 def _log1mexp(d):
     """log(1 - exp(-d)) for d > 0, accurate for small and large d (Maechler 2012).
@@ -601,22 +684,23 @@ def _log1mexp(d):
 # --------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------
-def train_pixelcnn(model, images, contexts, workdir, steps, batch_size=32, lr=1e-3, lr_decay=0.9999,
-                   valid=None, eval_every=0, patience=0, bf16=False, seed=0, device=None, progress=True,
-                   checkpoint_every=500, desc="pixelcnn"):
+def train_pixelcnn(model: PixelCNNpp, images, contexts, workdir, config: PixelCNNConfig, *, valid=None, device=None,
+                   progress=True, checkpoint_every=500, desc="pixelcnn") -> TrainResult:
     """Maximum likelihood training of an inversion model on (image, context) pairs; resumable.
 
-    Appendix A: Adam, lr 1e-3 with a multiplicative decay of 0.9999 (read here as per update; the paper
-    does not say per what), early stopping on validation likelihood when ``valid=(images, contexts)``
-    is given. The loss is nats per image; weight norm is data-initialised on the first batch.
-    Returns inversion.training.TrainResult. ``model`` ends with the best validation weights when
-    ``valid`` is given (also in workdir/best.pt), else with the last ones (in workdir/state.pt);
-    workdir/config.json records the run, so ``load_trained(PixelCNNpp, workdir)`` rebuilds it.
-    """
-    from inversion.training import TrainConfig, fit, write_run_config
+    Appendix A: Adam (betas 0.95, 0.9995, as in PixelCNN++), ``config.lr`` 1e-3 with a multiplicative decay
+    ``config.lr_decay`` of 0.9999 per update, early stopping on validation likelihood when
+    ``valid=(images, contexts)`` is given with ``config.eval_every`` > 0. The loss is nats per image; weight
+    norm is data-initialised on the first batch. Every training setting comes from ``config`` (its
+    architecture fields are the model's business: build the model with ``PixelCNNpp.from_config``).
 
-    write_run_config(workdir, dict(model=model.config, lr=lr, lr_decay=lr_decay, batch_size=batch_size, bf16=bf16,
-                                   seed=seed))
+    Returns inversion.training.TrainResult. ``model`` ends with the best validation weights when ``valid`` is
+    given (also in workdir/best.pt), else with the last ones (in workdir/state.pt). workdir/config.json
+    records the run, so ``load_trained(PixelCNNpp, workdir)`` rebuilds it; it leaves out ``config.steps``,
+    so that a later call with more steps on the same workdir continues the run instead of refusing it.
+    """
+    write_run_config(workdir, dict(model=model.config, lr=config.lr, lr_decay=config.lr_decay,
+                                   batch_size=config.batch_size, bf16=config.bf16, seed=config.seed))
     conditional = contexts is not None
     data = [images, contexts] if conditional else [images]
 
@@ -628,14 +712,13 @@ def train_pixelcnn(model, images, contexts, workdir, steps, batch_size=32, lr=1e
 
     eval_fn = None
     if valid is not None:
-        from inversion.bounds import per_image_log_prob
 
         def eval_fn(m):
-            lp = per_image_log_prob(m, valid[0], valid[1], batch_size=max(batch_size, 64), progress=False)
+            lp = per_image_log_prob(m, valid[0], valid[1], batch_size=max(config.batch_size, 64), progress=False)
             return {"score": lp.mean().item(), "valid_nats": lp.mean().item()}
 
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, adam_betas=(0.95, 0.9995),
-                      eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every, bf16=bf16,
-                      seed=seed, progress=progress)
-    return fit(model, loss_fn, data, cfg, workdir, eval_fn=eval_fn, on_start=on_start, device=device, desc=desc,
+    loop = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, lr_decay=config.lr_decay,
+                       adam_betas=(0.95, 0.9995), eval_every=config.eval_every, patience=config.patience,
+                       checkpoint_every=checkpoint_every, bf16=config.bf16, seed=config.seed, progress=progress)
+    return fit(model, loss_fn, data, loop, workdir, eval_fn=eval_fn, on_start=on_start, device=device, desc=desc,
                restore_best=True)

@@ -18,22 +18,87 @@ i.e. to the inputs of CONV2/FC2, FC3 and LOGITS. Default rates (0.25, 0.25, 0.5)
 MNIST/CIFAR convnets (lighter on the conv maps, whose units are strongly correlated, heavier on the wide
 FC3). The tapped features (``features``) are the activations *before* dropout, so in eval mode they are
 exactly what the next layer sees.
+
+Every setting of one classifier, architecture and training, is a field of ``ClassifierConfig`` with its
+default written there once (the classifier stage's cache keys are these names); ``Classifier``'s keyword
+defaults and ``train_classifier`` read them from it.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inversion.training import TrainConfig, TrainResult, fit, load_trained, write_run_config
+from inversion.training import TrainConfig, TrainResult, check_field, fit, load_trained, write_run_config
 
 ARCHS = ("conv", "conv_gmp", "fc")
-DEFAULT_DROPOUT = (0.25, 0.25, 0.5)  # after layer 1 (CONV1/FC1), layer 2 (CONV2/FC2), FC3
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Every setting of one classifier (Appendix A), with the defaults of the book's classifier stage.
+
+    Architecture (``ARCHITECTURE``): ``arch`` one of ARCHS; ``n_filters`` the (CONV1, CONV2) filter counts, or
+    None for Appendix A's (32, 32) on 1-channel and (64, 128) on 3-channel images; ``fc_units`` of FC3 (256);
+    ``dropout`` one rate or three (after layer 1, layer 2, FC3; see the module docstring for the choice).
+    Training (``train_classifier``): Adam at ``lr`` 3e-4 for ``steps`` updates of ``batch_size`` images,
+    validation accuracy every ``eval_every`` updates with early stopping after ``patience`` evaluations
+    without improvement (0: never), weights saved after each of ``snapshot_steps`` updates (§5.3),
+    ``overfit_n``: train on the first n images without dropout (§5.3's overfitted network), ``seed``: batch
+    order and dropout noise. Lists are accepted for the tuple fields and stored as tuples.
+    """
+
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("arch", "n_filters", "fc_units", "dropout")
+
+    arch: str = "conv"
+    n_filters: tuple[int, int] | None = None
+    fc_units: int = 256
+    dropout: float | tuple[float, float, float] = (0.25, 0.25, 0.5)
+    steps: int = 10000
+    batch_size: int = 64
+    lr: float = 3e-4
+    eval_every: int = 500
+    patience: int = 10
+    overfit_n: int | None = None
+    snapshot_steps: tuple[float, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("n_filters", "dropout", "snapshot_steps"):  # lists (from JSON or YAML) become tuples
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        check = lambda name, kind, ok, valid: check_field(self, name, kind, ok, valid)  # noqa: E731
+        count = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1  # noqa: E731
+        rate = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < 1  # noqa: E731
+        check("arch", str, lambda v: v in ARCHS, f"one of {ARCHS}")
+        check("n_filters", (tuple, type(None)), lambda v: v is None or (len(v) == 2 and all(map(count, v))),
+              "None or two integers >= 1 (CONV1, CONV2)")
+        check("fc_units", int, lambda v: v >= 1, "an integer >= 1")
+        check("dropout", (numbers.Real, tuple),
+              lambda v: rate(v) if not isinstance(v, tuple) else len(v) == 3 and all(map(rate, v)),
+              "one rate or three rates in [0, 1)")
+        check("steps", int, lambda v: v >= 0, "an integer >= 0")
+        check("batch_size", int, lambda v: v >= 1, "an integer >= 1")
+        check("lr", float, lambda v: v > 0, "a number > 0")
+        check("eval_every", int, lambda v: v >= 0, "an integer >= 0 (0: never)")
+        check("patience", int, lambda v: v >= 0, "an integer >= 0 (0: never stop early)")
+        check("overfit_n", (numbers.Integral, type(None)), lambda v: v is None or count(v),
+              "None or an integer >= 1")
+        check("snapshot_steps", tuple,
+              lambda v: all(isinstance(s, numbers.Real) and not isinstance(s, bool) and s >= 0 and float(s) == int(s)
+                            for s in v), "whole numbers >= 0 (1e4 is fine)")
+        check("seed", int, lambda v: True, "an integer")
+
+    def architecture(self) -> dict:
+        """The architecture fields as keywords of ``Classifier``."""
+        return {name: getattr(self, name) for name in self.ARCHITECTURE}
 
 
 def layer_names(arch: str) -> tuple[str, ...]:
@@ -65,12 +130,12 @@ class Classifier(nn.Module):
     def __init__(
         self,
         image_shape: Sequence[int],
-        arch: str = "conv",
+        arch: str = ClassifierConfig.arch,
         n_classes: int = 10,
-        n_filters: Sequence[int] | None = None,
-        fc_units: int = 256,
+        n_filters: Sequence[int] | None = ClassifierConfig.n_filters,
+        fc_units: int = ClassifierConfig.fc_units,
         hidden_units: int = 2048,
-        dropout: float | Sequence[float] = DEFAULT_DROPOUT,
+        dropout: float | Sequence[float] = ClassifierConfig.dropout,
     ):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
@@ -112,6 +177,11 @@ class Classifier(nn.Module):
         self.fc3 = nn.Linear(fc3_in, fc_units)
         self.logits = nn.Linear(fc_units, n_classes)
         self.drop1, self.drop2, self.drop3 = (nn.Dropout(p) for p in dropout)
+
+    @classmethod
+    def from_config(cls, image_shape: Sequence[int], config: ClassifierConfig) -> "Classifier":
+        """The classifier ``config`` describes (its architecture fields) for images of ``image_shape``."""
+        return cls(image_shape, **config.architecture())
 
     def set_dropout(self, p: float | Sequence[float]) -> None:
         """Change the dropout rates in place (and in ``config``); ``set_dropout(0)`` is the §5.3 overfit setting."""
@@ -227,14 +297,8 @@ def train_classifier(
     train: tuple[torch.Tensor, torch.Tensor],
     valid: tuple[torch.Tensor, torch.Tensor] | None,
     workdir: str | os.PathLike,
-    steps: int,
-    batch_size: int = 64,
-    lr: float = 3e-4,
-    eval_every: int = 1000,
-    patience: int = 10,
-    snapshot_steps: Sequence[int] = (),
-    overfit_n: int | None = None,
-    seed: int = 0,
+    config: ClassifierConfig,
+    *,
     device=None,
     progress: bool = True,
     checkpoint_every: int = 500,
@@ -242,19 +306,21 @@ def train_classifier(
 ) -> TrainResult:
     """Train with Adam on cross-entropy (Appendix A: lr 3e-4, early stopping on validation accuracy).
 
-    - ``valid`` accuracy is evaluated every ``eval_every`` steps; training stops after ``patience``
-      evaluations without improvement (0: never). The best weights go to ``workdir/best.pt`` and are loaded
-      into ``model`` when training ends. With ``valid=None`` there is no early stopping and ``model`` keeps
-      the last weights.
-    - ``snapshot_steps``: weights after exactly that many updates go to ``workdir/step_<k>.pt`` (§5.3 uses
-      0, 1e2, 1e3, 1e4, 1e5; floats such as 1e4 are accepted). Steps after an early stop are never reached,
-      so pass ``patience=0`` when every snapshot is needed.
-    - ``overfit_n``: the §5.3 overfitted network: train on ``train[:overfit_n]`` only, with the model's
-      dropout set to 0 (in place, and in ``model.config``).
+    Every training setting comes from ``config`` (its architecture fields are the model's business: build
+    the model with ``Classifier.from_config``):
+    - ``valid`` accuracy is evaluated every ``config.eval_every`` steps; training stops after
+      ``config.patience`` evaluations without improvement (0: never). The best weights go to
+      ``workdir/best.pt`` and are loaded into ``model`` when training ends. With ``valid=None`` there is no
+      early stopping and ``model`` keeps the last weights.
+    - ``config.snapshot_steps``: weights after exactly that many updates go to ``workdir/step_<k>.pt`` (§5.3
+      uses 0, 1e2, 1e3, 1e4, 1e5). Steps after an early stop are never reached, so use ``patience=0`` when
+      every snapshot is needed.
+    - ``config.overfit_n``: the §5.3 overfitted network: train on ``train[:overfit_n]`` only, with the
+      model's dropout set to 0 (in place, and in ``model.config``).
     - Killed runs resume from ``workdir/state.pt`` when called again with the same arguments (see
       ``inversion.training.fit``); ``workdir/config.json`` records the model config so
-      ``load_classifier(workdir)`` can rebuild it. ``seed`` fixes batch order and dropout noise, not the
-      initial weights (those are the model's as passed in).
+      ``load_classifier(workdir)`` can rebuild it. ``config.seed`` fixes batch order and dropout noise, not
+      the initial weights (those are the model's as passed in).
     """
     images, labels = train
     check_images(images[:0], model.image_shape, "train images")
@@ -262,16 +328,16 @@ def train_classifier(
     if valid is not None:
         check_images(valid[0][:0], model.image_shape, "valid images")
         _check_labels(*valid, "valid")
+    overfit_n = config.overfit_n
     if overfit_n is not None:
         if not 0 < overfit_n <= len(images):
             raise ValueError(f"overfit_n must be in 1..{len(images)} (the training set size), got {overfit_n}")
         images, labels = images[:overfit_n], labels[:overfit_n]
         model.set_dropout(0.0)
-    if any(float(s) != int(s) or s < 0 for s in snapshot_steps):
-        raise ValueError(f"snapshot_steps must be whole numbers >= 0, got {tuple(snapshot_steps)}")
-    snapshot_steps = tuple(sorted({int(s) for s in snapshot_steps}))
+    snapshot_steps = tuple(sorted({int(s) for s in config.snapshot_steps}))
     workdir = Path(workdir)
-    write_run_config(workdir, dict(model=model.config, overfit_n=overfit_n, seed=seed, lr=lr, batch_size=batch_size))
+    write_run_config(workdir, dict(model=model.config, overfit_n=overfit_n, seed=config.seed, lr=config.lr,
+                                   batch_size=config.batch_size))
 
     def loss_fn(m, batch):
         x, y = batch
@@ -280,9 +346,10 @@ def train_classifier(
     def eval_fn(m):
         return dict(score=accuracy(m, *valid, batch_size=eval_batch_size))
 
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
-                      checkpoint_every=checkpoint_every, snapshot_steps=snapshot_steps, seed=seed, progress=progress)
-    return fit(model, loss_fn, (images, labels), cfg, workdir, eval_fn=eval_fn if valid is not None else None,
+    loop = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, eval_every=config.eval_every,
+                       patience=config.patience, checkpoint_every=checkpoint_every, snapshot_steps=snapshot_steps,
+                       seed=config.seed, progress=progress)
+    return fit(model, loss_fn, (images, labels), loop, workdir, eval_fn=eval_fn if valid is not None else None,
                device=device, desc=f"classifier {model.arch}", restore_best=True)
 
 

@@ -1,27 +1,23 @@
 """§5.2 in numbers and pictures: accuracy, NCE and sample geometry per architecture on affNIST.
 
-``architecture_summary`` turns the stage results of ``inversion.stages.architectures`` into the numbers the
-chapter quotes; ``figure4`` draws the paper's Fig. 4; ``architecture_claims`` checks the paper's claims by
-stated criteria. The geometry of samples (position, orientation, ink) is measured by
-``inversion.digit_geometry``.
+``architecture_summary`` turns the stage results of ``pipeline.architectures`` into an
+``ArchitectureSummary``; ``figure4`` draws the paper's Fig. 4; ``architecture_claims`` checks the paper's
+claims (numbers from ``inversion.paper``) by stated criteria. The geometry of samples (position,
+orientation, ink) is measured by ``inversion.digit_geometry``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
-from inversion import digit_geometry
+from inversion import digit_geometry, paper
 from inversion.bounds import difference_noise, paired_difference
-from inversion.figures import fmt, image_grid
+from inversion.reports.common import Claim, Difference, Estimate, SeedSpread, fmt, image_grid
 
 ARCH_LABELS = {"fc": "fully connected", "conv": "conv", "conv_gmp": "conv + global max pool"}
-PAPER = {
-    # §5.2: test accuracy and the FC3 NCE (nats) of each network on affNIST
-    "accuracy": {"fc": 0.950, "conv": 0.987, "conv_gmp": 0.989},
-    "nce": {"fc": -715.17, "conv": -699.55, "conv_gmp": -704.01},
-}
 # The geometry ratio (error to own input / error to other same-class inputs) at or above which samples count
 # as about as far from their own input as from any other digit of the class, i.e. the property discarded.
 DISCARDED = 0.75
@@ -32,45 +28,63 @@ def arch_label(arch: str) -> str:
     return ARCH_LABELS.get(arch, arch)
 
 
-def architecture_summary(R: Mapping[str, Mapping]) -> dict:
-    """Numbers of one §5.2 run: {"archs", "accuracy", "nce", "bits_per_dim", "diff", "seed_sd", "mse", "kept",
-    "kept_mse", "n_images", "n_samples"}. ``diff[(a, b)]`` is the NCE difference a − b and its noise: the
-    paired test-set s.e. combined with the seed-to-seed spread of the inversion models (``seed_sd`` = (sd,
-    models it was pooled from), from the networks' ``replicate_seeds``; (0, 0) when there are none)."""
+@dataclass(frozen=True)
+class ArchitectureSummary:
+    """The numbers of one §5.2 run. ``differences[(a, b)]`` is the FC3 NCE of network a minus that of b
+    (paired over the same test images) with its noise: the paired test-set s.e. combined with the
+    seed-to-seed spread of the inversion models (``seed_spread``, pooled over the networks that have
+    ``replicate_seeds``; sd 0 over 0 models when there are none)."""
+
+    dataset: str
+    archs: list[str]
+    accuracy: dict[str, float]
+    nce: dict[str, Estimate]
+    bits_per_dim: dict[str, float]
+    mse: dict[str, float]  # the MSE decoder's test MSE
+    kept: dict[str, dict[str, digit_geometry.Kept]]  # network -> property -> how much the samples kept
+    kept_mse: dict[str, dict[str, digit_geometry.Kept]]  # the same for the MSE reconstructions
+    n_images: int  # test images whose samples were measured
+    n_samples: int  # samples per image
+    seed_spread: SeedSpread
+    differences: dict[tuple[str, str], Difference]
+
+
+def architecture_summary(R: Mapping[str, Mapping]) -> ArchitectureSummary:
+    """The numbers of ``pipeline.architectures``' results, for tables, prose and claims."""
     from inversion import data
 
     archs = list(R)
-    s: dict = {"archs": archs, "accuracy": {}, "nce": {}, "bits_per_dim": {}, "diff": {}, "mse": {}, "kept": {},
-               "kept_mse": {}}
-    lp = {}
+    accuracy, nce, bits, mse, kept, kept_mse, lp = {}, {}, {}, {}, {}, {}, {}
     dataset = R[archs[0]]["classifier"].config["dataset"]
     x_test, y_test = data.load(dataset, "test")
     for a in archs:
         r = R[a]
-        s["accuracy"][a] = r["classifier"].metrics["test_accuracy"]
-        s["nce"][a] = (r["nce"].metrics["nats"], r["nce"].metrics["stderr"])
-        s["bits_per_dim"][a] = r["nce"].metrics["bits_per_dim"]
+        accuracy[a] = r["classifier"].metrics["test_accuracy"]
+        nce[a] = Estimate(r["nce"].metrics["nats"], r["nce"].metrics["stderr"])
+        bits[a] = r["nce"].metrics["bits_per_dim"]
         lp[a] = r["nce"].arrays("log_probs.npy")["array"]
-        s["mse"][a] = r["decoder"].metrics["test_mse"]
+        mse[a] = r["decoder"].metrics["test_mse"]
         z = r["samples"].arrays("samples.npz")
         idx = z["test_index"]
         inputs, labels = x_test[idx].numpy(), y_test[idx].numpy()
-        s["kept"][a] = digit_geometry.kept_table(inputs, z["samples"], labels)
+        kept[a] = digit_geometry.kept_table(inputs, z["samples"], labels)
         rec = r["decoder"].arrays("reconstructions.npz")
         n = min(len(rec["images"]), len(idx))
-        s["kept_mse"][a] = digit_geometry.kept_table(inputs[:n], rec["images"][:n, None], labels[:n])
-        s["n_images"], s["n_samples"] = len(idx), z["samples"].shape[1]
+        kept_mse[a] = digit_geometry.kept_table(inputs[:n], rec["images"][:n, None], labels[:n])
+        n_images, n_samples = len(idx), z["samples"].shape[1]
     # seed-to-seed spread of the NCE, pooled over the networks that have replicate inversion models
     spreads = [np.var([R[a]["nce"].metrics["nats"]] + [r.metrics["nats"] for r in R[a].get("replicates", {}).values()],
                       ddof=1) for a in archs if R[a].get("replicates")]
-    s["seed_sd"] = (float(np.sqrt(np.mean(spreads))) if spreads else 0.0,
-                    sum(1 + len(R[a]["replicates"]) for a in archs if R[a].get("replicates")))
+    spread = SeedSpread(float(np.sqrt(np.mean(spreads))) if spreads else 0.0,
+                        sum(1 + len(R[a]["replicates"]) for a in archs if R[a].get("replicates")))
+    differences = {}
     for a, b in PAIRS:
         if a in lp and b in lp:
             d, se = paired_difference(lp[a], lp[b])
-            s["diff"][(a, b)] = (d, difference_noise(se, s["seed_sd"][0]))
-    s["dataset"] = dataset
-    return s
+            differences[(a, b)] = Difference(d, difference_noise(se, spread.sd))
+    return ArchitectureSummary(dataset=dataset, archs=archs, accuracy=accuracy, nce=nce, bits_per_dim=bits, mse=mse,
+                               kept=kept, kept_mse=kept_mse, n_images=n_images, n_samples=n_samples,
+                               seed_spread=spread, differences=differences)
 
 
 def figure4(inputs: np.ndarray, per_arch: Mapping[str, tuple[np.ndarray, np.ndarray]], n_samples: int = 4,
@@ -87,12 +101,12 @@ def figure4(inputs: np.ndarray, per_arch: Mapping[str, tuple[np.ndarray, np.ndar
     return image_grid(columns, groups, frames, title=title, row_labels=[f"image {i + 1}" for i in range(len(inputs))])
 
 
-def geometry_rows(s: Mapping) -> list[tuple]:
+def geometry_rows(s: ArchitectureSummary) -> list[tuple]:
     """Table rows: architecture, property, samples' ratio (diff ± s.e.), MSE reconstruction's ratio."""
     rows = []
-    for a in s["archs"]:
+    for a in s.archs:
         for p in digit_geometry.PROPERTIES:
-            k, m = s["kept"][a][p], s["kept_mse"][a][p]
+            k, m = s.kept[a][p], s.kept_mse[a][p]
             rows.append((arch_label(a), p, f"{fmt(k.error, '.2f')} / {fmt(k.baseline, '.2f')}", fmt(k.ratio, ".2f"),
                          f"{fmt(k.diff, '+.2f')} ± {fmt(k.diff_stderr, '.2f')}", "yes" if k.kept else "no",
                          fmt(m.ratio, ".2f"), "yes" if m.kept else "no"))
@@ -103,50 +117,48 @@ GEOMETRY_HEADER = ["network", "property", "samples: error own / other", "ratio",
                    "MSE recon.: ratio", "kept?"]
 
 
-def _accuracy_claims(s) -> list[dict]:
-    acc, archs = s["accuracy"], s["archs"]
+def _accuracy_claims(s: ArchitectureSummary) -> list[Claim]:
+    acc, archs = s.accuracy, s.archs
     out = []
     if {"fc", "conv", "conv_gmp"} <= set(archs):
-        paper = ", ".join(f"{arch_label(a)} {PAPER['accuracy'][a]:.1%}" for a in ("fc", "conv", "conv_gmp"))
+        paper_values = ", ".join(f"{arch_label(a)} {paper.ARCHITECTURES[a].accuracy:.1%}" for a in ("fc", "conv", "conv_gmp"))
         ours = ", ".join(f"{arch_label(a)} {acc[a]:.2%}" for a in ("fc", "conv", "conv_gmp"))
-        out.append(dict(claim="affNIST: the fully connected network is the least accurate", paper=paper, ours=ours,
-                        reproduced=acc["fc"] < min(acc["conv"], acc["conv_gmp"]),
-                        criterion="FC test accuracy below both convolutional networks'"))
-        out.append(dict(claim="affNIST: global max pooling gives the most accurate network", paper=paper, ours=ours,
-                        reproduced=acc["conv_gmp"] >= max(acc["conv"], acc["fc"]),
-                        criterion="conv + global max pool test accuracy ≥ the other two"))
+        out.append(Claim(claim="affNIST: the fully connected network is the least accurate", paper=paper_values,
+                         ours=ours, reproduced=acc["fc"] < min(acc["conv"], acc["conv_gmp"]),
+                         criterion="FC test accuracy below both convolutional networks'"))
+        out.append(Claim(claim="affNIST: global max pooling gives the most accurate network", paper=paper_values,
+                         ours=ours, reproduced=acc["conv_gmp"] >= max(acc["conv"], acc["fc"]),
+                         criterion="conv + global max pool test accuracy ≥ the other two"))
     return out
 
 
-def _nce_claims(s) -> list[dict]:
-    out, archs = [], s["archs"]
+def _nce_claims(s: ArchitectureSummary) -> list[Claim]:
+    out, archs = [], s.archs
 
-    def row(a, b, claim, paper_gap):
-        d, se = s["diff"][(a, b)]
-        seeds = (f" (seed spread {s['seed_sd'][0]:.2f} included)" if s["seed_sd"][1] else
+    def row(a, b, claim):
+        diff = s.differences[(a, b)]
+        paper_gap = paper.ARCHITECTURES[a].fc3_nce - paper.ARCHITECTURES[b].fc3_nce
+        seeds = (f" (seed spread {s.seed_spread.sd:.2f} included)" if s.seed_spread.n_models else
                  " (test-set s.e. only: no replicate seeds)")
-        return dict(claim=claim, paper=f"{paper_gap:+.2f} nats", ours=f"{d:+.2f} ± {se:.2f} nats" + seeds,
-                    reproduced=bool(d > 2 * se),
-                    criterion=f"NCE difference {arch_label(a)} − {arch_label(b)} > 2 × its noise")
+        return Claim(claim=claim, paper=f"{paper_gap:+.2f} nats", ours=f"{diff.value:+.2f} ± {diff.noise:.2f} nats" + seeds,
+                     reproduced=bool(diff.value > 2 * diff.noise),
+                     criterion=f"NCE difference {arch_label(a)} − {arch_label(b)} > 2 × its noise")
 
-    P = PAPER["nce"]
     if {"conv", "fc"} <= set(archs):
-        out.append(row("conv", "fc", "FC3 of the conv network keeps more about the input than the FC network's",
-                       P["conv"] - P["fc"]))
+        out.append(row("conv", "fc", "FC3 of the conv network keeps more about the input than the FC network's"))
     if {"conv", "conv_gmp"} <= set(archs):
-        out.append(row("conv", "conv_gmp", "global max pooling discards information (≈ 4.5 nats in the paper)",
-                       P["conv"] - P["conv_gmp"]))
+        out.append(row("conv", "conv_gmp", "global max pooling discards information "
+                                           f"(≈ {paper.pooling_loss():.1f} nats in the paper)"))
     if {"conv_gmp", "fc"} <= set(archs):
-        out.append(row("conv_gmp", "fc", "even with global pooling, the conv network keeps more than the FC one",
-                       P["conv_gmp"] - P["fc"]))
+        out.append(row("conv_gmp", "fc", "even with global pooling, the conv network keeps more than the FC one"))
     return out
 
 
-def _geometry_claims(s) -> list[dict]:
-    out, archs, kept = [], s["archs"], s["kept"]
+def _geometry_claims(s: ArchitectureSummary) -> list[Claim]:
+    out, archs, kept = [], s.archs, s.kept
     if "conv_gmp" in archs:
         k = kept["conv_gmp"]["position"]
-        out.append(dict(
+        out.append(Claim(
             claim="global pooling: FC3 samples do not keep the digit's position (Fig. 4)", paper="yes (by eye)",
             ours=f"position ratio {k.ratio:.2f} ({k.diff:+.2f} ± {k.diff_stderr:.2f} px)",
             reproduced=bool(k.ratio >= DISCARDED and not k.kept),
@@ -154,13 +166,13 @@ def _geometry_claims(s) -> list[dict]:
                       "significantly closer to the own input (2 s.e.)"))
         for p, what in (("orientation", "rotation"), ("ink", "style (ink)")):
             k = kept["conv_gmp"][p]
-            out.append(dict(
+            out.append(Claim(
                 claim=f"global pooling: FC3 samples keep the digit's {what}", paper="yes (by eye)",
                 ours=f"{p} ratio {k.ratio:.2f} ({k.diff:+.2f} ± {k.diff_stderr:.2f})",
                 reproduced=k.kept, criterion=f"samples closer in {p} to their own input than to other same-class "
                                              "inputs, by more than 2 standard errors"))
-        km, ks = s["kept_mse"]["conv_gmp"]["orientation"], kept["conv_gmp"]["orientation"]
-        out.append(dict(
+        km, ks = s.kept_mse["conv_gmp"]["orientation"], kept["conv_gmp"]["orientation"]
+        out.append(Claim(
             claim="global pooling: the MSE reconstruction does not show the rotation that the samples keep",
             paper="yes (by eye)", ours=f"orientation ratio: samples {ks.ratio:.2f}, MSE reconstruction {km.ratio:.2f}",
             reproduced=bool(ks.kept and not km.kept),
@@ -168,14 +180,14 @@ def _geometry_claims(s) -> list[dict]:
     for a in ("fc", "conv"):
         if a in archs:
             k = kept[a]["position"]
-            out.append(dict(
+            out.append(Claim(
                 claim=f"{arch_label(a)}: FC3 samples keep the digit's position", paper="yes (by eye)",
                 ours=f"position ratio {k.ratio:.2f} ({k.diff:+.2f} ± {k.diff_stderr:.2f} px)",
                 reproduced=bool(k.kept and k.ratio < DISCARDED),
                 criterion=f"closer to the own input's centroid by more than 2 s.e., and ratio < {DISCARDED}"))
     if {"conv_gmp", "conv", "fc"} <= set(archs):
-        mse = s["mse"]
-        out.append(dict(
+        mse = s.mse
+        out.append(Claim(
             claim="global pooling gives the blurriest MSE reconstructions", paper="\"very blurry\" (Fig. 4)",
             ours=", ".join(f"{arch_label(a)} {mse[a]:.4f}" for a in archs),
             reproduced=mse["conv_gmp"] > max(mse["conv"], mse["fc"]),
@@ -183,6 +195,6 @@ def _geometry_claims(s) -> list[dict]:
     return out
 
 
-def architecture_claims(s: Mapping) -> list[dict]:
+def architecture_claims(s: ArchitectureSummary) -> list[Claim]:
     """The §5.2 claims, each with the paper's value, this run's and a criterion that could fail."""
     return _accuracy_claims(s) + _nce_claims(s) + _geometry_claims(s)

@@ -43,27 +43,20 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from inversion import estimators as E
-from inversion.stages import (
-    _REQUIRED,
-    Cache,
-    Context,
-    Params,
-    _features,
-    _stage,
-    _test_split,
-    _threads,
-    dynamics_plan,
-    load_classifier,
-    load_params,
-    ref,
-)
+from inversion.pipeline.cache import Context, ref, stage
+from inversion.pipeline.common import features, load_classifier, test_split, torch_threads
+from inversion.pipeline.dynamics import dynamics_plan
+from inversion.pipeline.layers import check_layers
+from inversion.pipeline.params import Params
+from inversion.pipeline.schema import ConfigError
 
-__all__ = ["estimators_plan", "estimators", "check_sweep", "nearest_sq_distances", "unit_rms"]
+__all__ = ["ESTIMATES", "ESTIMATOR_SWEEP", "EstimatorsSettings", "estimators_plan", "nearest_sq_distances", "unit_rms"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,8 +107,8 @@ def _layer_data(ctx: Context, n: int):
     """(pixels in [0, 1] [n, D_x] float64, activations [n, D] float64, labels [n]) of the first n test images."""
     clf_res = ctx.dep("classifier", need=("model.pt",))
     clf = load_classifier(clf_res, ctx.device)
-    x, y = _test_split(clf_res.config["dataset"], n)
-    t = _features(clf, x, ctx.config["layer"], ctx.device).flatten(1).double().numpy()
+    x, y = test_split(clf_res.config["dataset"], n)
+    t = features(clf, x, ctx.config.layer, ctx.device).flatten(1).double().numpy()
     pixels = x.flatten(1).double().numpy() / 255.0
     return pixels, t, y.numpy()
 
@@ -139,38 +132,56 @@ def _estimator_threads(n: int):
     """One torch thread for small problems: at N <= SMALL_N every distance block is so small that a second
     thread only adds synchronisation, which becomes most of the time when other processes share the cores
     (the smoke set's stages took 20x longer under load with two threads). Larger N keeps every thread."""
-    return _threads(1 if n <= SMALL_N else torch.get_num_threads())
+    return torch_threads(1 if n <= SMALL_N else torch.get_num_threads())
 
 
 def _finite_or_none(v: float):
     return float(v) if math.isfinite(v) else None
 
 
-def _check_common(c: dict) -> None:
-    if not isinstance(c["n_test"], int) or c["n_test"] < 2:
-        raise ValueError(f"n_test must be an integer >= 2 (test images), got {c['n_test']!r}")
-    if not isinstance(c["k"], int) or not 1 <= c["k"] < c["n_test"]:
-        raise ValueError(f"k (neighbours for Kraskov/KSG) must be an integer in [1, n_test - 1], got {c['k']!r}")
-    if not isinstance(c["n_bins"], int) or c["n_bins"] < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {c['n_bins']!r}")
-    if not (isinstance(c["noise_var"], (int, float)) and c["noise_var"] > 0):
-        raise ValueError(f"noise_var (σ²) must be a positive number, got {c['noise_var']!r}")
+@dataclass(frozen=True, kw_only=True)
+class EstimatesConfig:
+    """One layer, one setting of every estimator's knob."""
+
+    layer: str
+    n_test: int = 1000  # the first N test images (the NCE's images, in the same order)
+    n_bins: int = 30  # bins per unit (Shwartz-Ziv & Tishby)
+    noise_var: float = 0.1  # σ² of the KDE bounds and of Kraskov's T+ε (Saxe et al.'s MNIST code)
+    k: int = 3  # neighbours for Kraskov and KSG
+    seed: int = 0  # the standard-normal draw behind ε
+
+    def __post_init__(self):
+        if self.n_test < 2:
+            raise ValueError(f"n_test must be an integer >= 2 (test images), got {self.n_test!r}")
+        if not 1 <= self.k < self.n_test:
+            raise ValueError(f"k (neighbours for Kraskov/KSG) must be an integer in [1, n_test - 1], got {self.k!r}")
+        if self.n_bins < 1:
+            raise ValueError(f"n_bins must be a positive integer, got {self.n_bins!r}")
+        if not self.noise_var > 0:
+            raise ValueError(f"noise_var (σ²) must be a positive number, got {self.noise_var!r}")
 
 
-def check_sweep(c: dict) -> None:
-    """Raise ValueError, saying what is wrong, for a sweep configuration that cannot be computed."""
-    _check_common(c)
-    for name in ("bins", "noise_vars", "sizes"):
-        if not isinstance(c[name], (list, tuple)) or not c[name]:
-            raise ValueError(f"sweep {name} must be a non-empty list, got {c[name]!r}")
-    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in c["bins"]):
-        raise ValueError(f"sweep bins must be positive integers, got {c['bins']}")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in c["noise_vars"]):
-        raise ValueError(f"sweep noise_vars (σ²) must be positive numbers, got {c['noise_vars']}")
-    bad = [n for n in c["sizes"] if isinstance(n, bool) or not isinstance(n, int) or not c["k"] < n <= c["n_test"]]
-    if bad:
-        raise ValueError(f"sweep sizes must be integers in (k, n_test] = ({c['k']}, {c['n_test']}] "
-                         f"(they are the first N of the n_test test images), got {bad}")
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig(EstimatesConfig):
+    """The same estimators while one knob moves (the others at the values above)."""
+
+    bins: tuple[int, ...] = (2, 3, 5, 10, 30, 100, 1000, 10000)
+    noise_vars: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
+    sizes: tuple[int, ...] = (100, 200, 500, 1000)  # N: the first N of the n_test images
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("bins", "noise_vars", "sizes"):
+            if not getattr(self, name):
+                raise ValueError(f"sweep {name} must be a non-empty list, got {list(getattr(self, name))}")
+        if any(b < 1 for b in self.bins):
+            raise ValueError(f"sweep bins must be positive integers, got {list(self.bins)}")
+        if any(v <= 0 for v in self.noise_vars):
+            raise ValueError(f"sweep noise_vars (σ²) must be positive numbers, got {list(self.noise_vars)}")
+        bad = [n for n in self.sizes if not self.k < n <= self.n_test]
+        if bad:
+            raise ValueError(f"sweep sizes must be integers in (k, n_test] = ({self.k}, {self.n_test}] "
+                             f"(they are the first N of the n_test test images), got {bad}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,9 +189,8 @@ def check_sweep(c: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@_stage("estimates", "1", deps=("classifier",), defaults=dict(
-    layer=_REQUIRED, n_test=1000, n_bins=30, noise_var=0.1, k=3, seed=0))
-def _estimates(ctx: Context) -> dict:
+@stage("estimates", "1", EstimatesConfig, deps=("classifier",))
+def estimates(ctx: Context) -> dict:
     """Binning, KDE, Kraskov and KSG estimates (nats) for one layer of one classifier, on N test images.
 
     Metrics: binning_xt, binning_ty (I(X;T), I(T;Y) at ``n_bins``), kde_upper, kde_lower (bounds on
@@ -189,9 +199,8 @@ def _estimates(ctx: Context) -> dict:
     activation rows), label_entropy, nn_sq_dist_median, noise_entropy, seconds per estimator.
     """
     c = ctx.config
-    _check_common(c)
-    with _estimator_threads(c["n_test"]):
-        return _estimates_of(ctx, *_layer_data(ctx, c["n_test"]))
+    with _estimator_threads(c.n_test):
+        return _estimates_of(ctx, *_layer_data(ctx, c.n_test))
 
 
 def _estimates_of(ctx: Context, pixels: np.ndarray, t: np.ndarray, y: np.ndarray) -> dict:
@@ -205,31 +214,28 @@ def _estimates_of(ctx: Context, pixels: np.ndarray, t: np.ndarray, y: np.ndarray
         seconds[name] = round(time.perf_counter() - t0, 3)
         return out
 
-    kde = timed("kde", lambda: E.kde_mi_bounds(t, c["noise_var"]))
+    kde = timed("kde", lambda: E.kde_mi_bounds(t, c.noise_var))
     out = dict(
-        layer=c["layer"], n=n, log_n=math.log(n), dims=d,
+        layer=c.layer, n=n, log_n=math.log(n), dims=d,
         distinct=int(len(np.unique(t, axis=0))),
         label_entropy=_label_entropy(y),
         nn_sq_dist_median=float(np.median(timed("nn", lambda: nearest_sq_distances(t)))),
-        binning_xt=timed("binning_xt", lambda: E.binning_mi(t, n_bins=c["n_bins"])),
-        binning_ty=timed("binning_ty", lambda: E.binning_mi_labels(t, y, n_bins=c["n_bins"])),
+        binning_xt=timed("binning_xt", lambda: E.binning_mi(t, n_bins=c.n_bins)),
+        binning_ty=timed("binning_ty", lambda: E.binning_mi_labels(t, y, n_bins=c.n_bins)),
         kde_upper=kde.upper, kde_lower=kde.lower, noise_entropy=kde.noise_entropy,
-        kraskov_xt=_finite_or_none(timed("kraskov", lambda: _kraskov_mi(t, _noise(t.shape, c["seed"]),
-                                                                           c["noise_var"], c["k"]))),
-        ksg_xt=timed("ksg", lambda: E.ksg_mi(unit_rms(pixels), unit_rms(t), c["k"])),
+        kraskov_xt=_finite_or_none(timed("kraskov", lambda: _kraskov_mi(t, _noise(t.shape, c.seed),
+                                                                           c.noise_var, c.k))),
+        ksg_xt=timed("ksg", lambda: E.ksg_mi(unit_rms(pixels), unit_rms(t), c.k)),
     )
     out["seconds"] = seconds
     kraskov = "-inf" if out["kraskov_xt"] is None else f"{out['kraskov_xt']:.4g}"
-    ctx.log(f"{c['layer']} (D={d}, N={n}, log N={math.log(n):.3f}): binning {out['binning_xt']:.3f}, "
+    ctx.log(f"{c.layer} (D={d}, N={n}, log N={math.log(n):.3f}): binning {out['binning_xt']:.3f}, "
             f"KDE {kde.lower:.3f}..{kde.upper:.3f}, Kraskov {kraskov}, KSG {out['ksg_xt']:.3f}")
     return out
 
 
-@_stage("estimator_sweep", "1", deps=("classifier",), defaults=dict(
-    layer=_REQUIRED, n_test=1000, n_bins=30, noise_var=0.1, k=3, seed=0,
-    bins=[2, 3, 5, 10, 30, 100, 1000, 10000], noise_vars=[1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4],
-    sizes=[100, 200, 500, 1000]))
-def _estimator_sweep(ctx: Context) -> dict:
+@stage("estimator_sweep", "1", SweepConfig, deps=("classifier",))
+def estimator_sweep(ctx: Context) -> dict:
     """The estimators of one layer against their knobs: the bin count, σ², and N (the first N test images).
 
     sweep.npz: ``bins`` with binning_xt_by_bins and binning_ty_by_bins; ``noise_vars`` with
@@ -240,30 +246,29 @@ def _estimator_sweep(ctx: Context) -> dict:
     (the layer's distance scale, to read the σ² axis against) and sweep_seconds.
     """
     c = ctx.config
-    check_sweep(c)
-    with _estimator_threads(c["n_test"]):
-        return _sweep_of(ctx, *_layer_data(ctx, c["n_test"]))
+    with _estimator_threads(c.n_test):
+        return _sweep_of(ctx, *_layer_data(ctx, c.n_test))
 
 
 def _sweep_of(ctx: Context, pixels: np.ndarray, t: np.ndarray, y: np.ndarray) -> dict:
     c = ctx.config
-    g = _noise(t.shape, c["seed"])
+    g = _noise(t.shape, c.seed)
     t0 = time.perf_counter()
-    bins = np.array(c["bins"])
-    by_bins = np.array([(E.binning_mi(t, n_bins=b), E.binning_mi_labels(t, y, n_bins=b)) for b in c["bins"]])
-    variances = np.array(c["noise_vars"], dtype=np.float64)
+    bins = np.array(c.bins)
+    by_bins = np.array([(E.binning_mi(t, n_bins=b), E.binning_mi_labels(t, y, n_bins=b)) for b in c.bins])
+    variances = np.array(c.noise_vars, dtype=np.float64)
     by_var = []
     for v in variances:
         kde = E.kde_mi_bounds(t, float(v))
-        by_var.append((kde.upper, kde.lower, _kraskov_mi(t, g, float(v), c["k"])))
+        by_var.append((kde.upper, kde.lower, _kraskov_mi(t, g, float(v), c.k)))
     by_var = np.array(by_var)
-    sizes = np.array(c["sizes"])
+    sizes = np.array(c.sizes)
     by_n = []
-    for n in c["sizes"]:
-        kde = E.kde_mi_bounds(t[:n], c["noise_var"])
-        by_n.append((E.binning_mi(t[:n], n_bins=c["n_bins"]), kde.upper, kde.lower,
-                     _kraskov_mi(t[:n], g[:n], c["noise_var"], c["k"]),
-                     E.ksg_mi(unit_rms(pixels[:n]), unit_rms(t[:n]), c["k"])))
+    for n in c.sizes:
+        kde = E.kde_mi_bounds(t[:n], c.noise_var)
+        by_n.append((E.binning_mi(t[:n], n_bins=c.n_bins), kde.upper, kde.lower,
+                     _kraskov_mi(t[:n], g[:n], c.noise_var, c.k),
+                     E.ksg_mi(unit_rms(pixels[:n]), unit_rms(t[:n]), c.k)))
     by_n = np.array(by_n)
     by_var[~np.isfinite(by_var)] = np.nan
     by_n[~np.isfinite(by_n)] = np.nan
@@ -272,17 +277,52 @@ def _sweep_of(ctx: Context, pixels: np.ndarray, t: np.ndarray, y: np.ndarray) ->
                  kraskov_xt_by_var=by_var[:, 2], sizes=sizes, binning_xt_by_n=by_n[:, 0], kde_upper_by_n=by_n[:, 1],
                  kde_lower_by_n=by_n[:, 2], kraskov_xt_by_n=by_n[:, 3], ksg_xt_by_n=by_n[:, 4])
     seconds = time.perf_counter() - t0
-    ctx.log(f"{c['layer']}: {len(bins)} bin counts, {len(variances)} σ², {len(sizes)} sizes in {seconds:.1f} s")
-    return dict(layer=c["layer"], n=len(t), log_n=math.log(len(t)), dims=t.shape[1],
+    ctx.log(f"{c.layer}: {len(bins)} bin counts, {len(variances)} σ², {len(sizes)} sizes in {seconds:.1f} s")
+    return dict(layer=c.layer, n=len(t), log_n=math.log(len(t)), dims=t.shape[1],
                 label_entropy=_label_entropy(y), nn_sq_dist_median=float(np.median(nearest_sq_distances(t))),
                 sweep_seconds=seconds)
 
 
+ESTIMATES, ESTIMATOR_SWEEP = estimates, estimator_sweep
+STAGES = (ESTIMATES, ESTIMATOR_SWEEP)
+
+
 # ---------------------------------------------------------------------------------------------------------
-# The section: refs and results
+# The section: settings and refs
 # ---------------------------------------------------------------------------------------------------------
 
-_ESTIMATE_KEYS = ("n_test", "n_bins", "noise_var", "k", "seed")
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Which snapshot is swept, and the knob values (each defaults to the stage's)."""
+
+    regime: str = "regular"  # a dynamics regime
+    step: int | None = None  # a dynamics checkpoint; None: the last one
+    bins: tuple[int, ...] = SweepConfig.bins
+    noise_vars: tuple[float, ...] = SweepConfig.noise_vars
+    sizes: tuple[int, ...] = SweepConfig.sizes
+
+
+@dataclass(frozen=True, kw_only=True)
+class EstimatorsSettings:
+    """The ``estimators`` section (Appendix B), on the §5.3 snapshots."""
+
+    layers: tuple[str, ...] | None = None  # None: the dynamics layers
+    n_test: int = EstimatesConfig.n_test
+    n_bins: int = EstimatesConfig.n_bins
+    noise_var: float = EstimatesConfig.noise_var
+    k: int = EstimatesConfig.k
+    seed: int = EstimatesConfig.seed
+    sweep: SweepSettings = field(default_factory=SweepSettings)
+
+    def estimates_config(self, layer: str) -> dict:
+        return dict(layer=layer, n_test=self.n_test, n_bins=self.n_bins, noise_var=self.noise_var, k=self.k,
+                    seed=self.seed)
+
+    def __post_init__(self):
+        # the knobs' own checks (n_test, k, n_bins, noise_var, and the sweep's values against them)
+        SweepConfig(**self.estimates_config(""), bins=self.sweep.bins, noise_vars=self.sweep.noise_vars,
+                    sizes=self.sweep.sizes)
 
 
 def estimators_plan(P: Params) -> dict:
@@ -290,52 +330,33 @@ def estimators_plan(P: Params) -> dict:
 
     Returns {"steps": [...], "layers": [...], "nce_layers": [...], "sweep": {"regime", "step",
     "layers": {layer: estimator_sweep ref}}, "regimes": {regime: {"snapshots": {step: ref},
-    "estimates": {layer: {step: ref}}, "nce": {layer: {step: ref}}}}}. The snapshots and NCEs are the
-    dynamics chapter's own refs (same keys), so nothing is trained twice; ``estimates`` cover every layer in
-    the ``estimators`` section, the NCE only the dynamics layers.
-
-    The ``estimators`` section: layers, n_test, n_bins, noise_var, k, seed (the estimates), and ``sweep``:
-    regime and step (null: the last checkpoint) of the one snapshot swept, and its bins, noise_vars, sizes.
+    "estimates": {layer: {step: ref}}, "nce": {layer: {step: ref}}}}, "replicates": ...}. The snapshots and
+    NCEs are the dynamics chapter's own refs (same keys), so nothing is trained twice; ``estimates`` cover
+    every layer in the ``estimators`` section, the NCE only the dynamics layers.
     """
     S = P.section("estimators")
+    D = P.section("dynamics")
     dyn = dynamics_plan(P)
-    unknown = sorted(set(S) - {"layers", "sweep", *_ESTIMATE_KEYS})
-    if unknown:
-        raise ValueError(f"the estimators section of {P.name!r} has unknown key(s) {unknown}")
-    base = {k: S[k] for k in _ESTIMATE_KEYS if k in S}
-    layers = list(S.get("layers") or dyn["layers"])
+    layers = list(S.layers or dyn["layers"])
+    check_layers(layers, D.classifier.arch, "estimators.layers")
     out = {"steps": dyn["steps"], "layers": layers, "nce_layers": dyn["layers"], "regimes": {},
            "replicates": dyn["replicates"]}  # seed replicates of the NCE: its training noise
     for regime, R in dyn["regimes"].items():
         out["regimes"][regime] = {
             "snapshots": R["snapshots"],
-            "estimates": {l: {s: ref("estimates", {"layer": l, **base}, classifier=snap)
+            "estimates": {l: {s: ref(ESTIMATES, S.estimates_config(l), classifier=snap)
                               for s, snap in R["snapshots"].items()} for l in layers},
             "nce": R["nce"],
         }
-    sw = dict(S.get("sweep") or {})
-    regime = sw.pop("regime", "regular")
-    step = sw.pop("step", None)
-    if regime not in dyn["regimes"]:
-        raise ValueError(f"estimators.sweep.regime {regime!r} is not a dynamics regime ({sorted(dyn['regimes'])})")
-    step = dyn["steps"][-1] if step is None else int(step)
+    sw = S.sweep
+    if sw.regime not in dyn["regimes"]:
+        raise ConfigError(f"estimators.sweep.regime: {sw.regime!r} is not a dynamics regime "
+                          f"({', '.join(dyn['regimes'])})")
+    step = dyn["steps"][-1] if sw.step is None else int(sw.step)
     if step not in dyn["steps"]:
-        raise ValueError(f"estimators.sweep.step {step} is not a dynamics checkpoint ({dyn['steps']})")
-    unknown = sorted(set(sw) - {"bins", "noise_vars", "sizes"})
-    if unknown:
-        raise ValueError(f"estimators.sweep has unknown key(s) {unknown}; it takes regime, step, bins, noise_vars, "
-                         "sizes")
-    snap = dyn["regimes"][regime]["snapshots"][step]
-    sweep_refs = {l: ref("estimator_sweep", {"layer": l, **base, **sw}, classifier=snap) for l in layers}
-    for r in sweep_refs.values():
-        check_sweep(r.config)
-    out["sweep"] = {"regime": regime, "step": step, "layers": sweep_refs}
+        raise ConfigError(f"estimators.sweep.step: {step} is not a dynamics checkpoint ({dyn['steps']})")
+    snap = dyn["regimes"][sw.regime]["snapshots"][step]
+    sweep_refs = {l: ref(ESTIMATOR_SWEEP, {**S.estimates_config(l), "bins": sw.bins, "noise_vars": sw.noise_vars,
+                                           "sizes": sw.sizes}, classifier=snap) for l in layers}
+    out["sweep"] = {"regime": sw.regime, "step": step, "layers": sweep_refs}
     return out
-
-
-def estimators(P: Params | str = "quick", cache: Cache | None = None, **cache_kw) -> dict:
-    """The appendix's results, shaped like ``estimators_plan`` with results in place of refs."""
-    P = P if isinstance(P, Params) else load_params(P)
-    cache = cache or Cache(P, **cache_kw)
-    return cache.results(estimators_plan(P))
-

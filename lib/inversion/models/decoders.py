@@ -14,12 +14,16 @@ magnitude (CONV1 vs LOGITS, and the same layer across §5.3's training snapshots
 learning rate serve them all.
 
 Images are uint8 [N, C, H, W] in 0..255 or float in [0, 1]; the squared error is measured in [0, 1] units.
+
+Every setting of one decoder is a field of ``DecoderConfig``, its default written there once (the decoder
+stage's cache keys are these names).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,12 +31,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inversion.classifier import check_images
-from inversion.training import TrainConfig, TrainResult, fit, load_trained, write_run_config
+from inversion.models.classifier import check_images
+from inversion.training import TrainConfig, TrainResult, check_field, fit, load_trained, write_run_config
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Every setting of one MSE decoder. The paper gives none for this baseline: ``n_filters`` 64 channels
+    throughout; Adam at ``lr`` 1e-3 (with ``init_from_data`` it trains stably there) for ``steps`` updates of
+    ``batch_size``; validation MSE every ``eval_every`` updates, early stopping after ``patience``
+    evaluations without improvement (0: never); ``seed``: batch order."""
+
+    n_filters: int = 64
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 1e-3
+    eval_every: int = 1000
+    patience: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        check = lambda name, kind, ok, valid: check_field(self, name, kind, ok, valid)  # noqa: E731
+        check("n_filters", int, lambda v: v >= 1, "an integer >= 1")
+        check("steps", int, lambda v: v >= 0, "an integer >= 0")
+        check("batch_size", int, lambda v: v >= 1, "an integer >= 1")
+        check("lr", float, lambda v: v > 0, "a number > 0")
+        check("eval_every", int, lambda v: v >= 0, "an integer >= 0 (0: never)")
+        check("patience", int, lambda v: v >= 0, "an integer >= 0 (0: never stop early)")
+        check("seed", int, lambda v: True, "an integer")
 
 
 class MSEDecoder(nn.Module):
-    def __init__(self, context_shape: Sequence[int], image_shape: Sequence[int], n_filters: int = 64):
+    def __init__(self, context_shape: Sequence[int], image_shape: Sequence[int],
+                 n_filters: int = DecoderConfig.n_filters):
         super().__init__()
         context_shape = tuple(int(s) for s in context_shape)
         image_shape = tuple(int(s) for s in image_shape)
@@ -69,6 +100,12 @@ class MSEDecoder(nn.Module):
         # into saturation, where the squared error has no gradient left.
         with torch.no_grad():
             self.out.weight.mul_(0.1)
+
+    @classmethod
+    def from_config(cls, context_shape: Sequence[int], image_shape: Sequence[int],
+                    config: DecoderConfig) -> "MSEDecoder":
+        """The decoder ``config`` describes, from contexts of ``context_shape`` to images of ``image_shape``."""
+        return cls(context_shape, image_shape, n_filters=config.n_filters)
 
     def _check_contexts(self, h: torch.Tensor) -> torch.Tensor:
         if not isinstance(h, torch.Tensor) or not h.is_floating_point():
@@ -150,26 +187,21 @@ def train_decoder(
     contexts: torch.Tensor,
     images: torch.Tensor,
     workdir: str | os.PathLike,
-    steps: int,
-    batch_size: int = 64,
-    lr: float = 1e-3,
+    config: DecoderConfig,
+    *,
     valid: tuple[torch.Tensor, torch.Tensor] | None = None,
-    eval_every: int = 1000,
-    patience: int = 10,
-    snapshot_steps: Sequence[int] = (),
-    seed: int = 0,
     device=None,
     progress: bool = True,
     checkpoint_every: int = 500,
 ) -> TrainResult:
     """Fit ``decoder`` to map ``contexts`` [N, *context_shape] to ``images`` [N, *image_shape] under squared error.
 
-    Adam at ``lr`` (default 1e-3: the paper gives no setting for this baseline; with the data-dependent
-    initialisation, ``init_from_data`` on ``contexts``/``images`` before step 0, it trains stably there). With ``valid=(contexts, images)`` the validation
-    MSE is evaluated every ``eval_every`` steps, training stops after ``patience`` evaluations without
-    improvement (0: never), and the best weights (``workdir/best.pt``) are loaded at the end; otherwise
-    the last weights are kept. Resumable like every ``inversion.training.fit`` run; ``workdir/config.json``
-    lets ``load_decoder(workdir)`` rebuild the model.
+    Adam at ``config.lr``, after the data-dependent initialisation ``init_from_data`` on
+    ``contexts``/``images`` before step 0. With ``valid=(contexts, images)`` the validation MSE is evaluated
+    every ``config.eval_every`` steps, training stops after ``config.patience`` evaluations without
+    improvement (0: never), and the best weights (``workdir/best.pt``) are loaded at the end; otherwise the
+    last weights are kept. Resumable like every ``inversion.training.fit`` run; ``workdir/config.json`` lets
+    ``load_decoder(workdir)`` rebuild the model.
     """
     decoder._check_contexts(contexts)
     check_images(images[:0], decoder.image_shape, "training images")
@@ -179,7 +211,7 @@ def train_decoder(
         decoder._check_contexts(valid[0])
         check_images(valid[1][:0], decoder.image_shape, "valid images")
     workdir = Path(workdir)
-    write_run_config(workdir, dict(model=decoder.config, seed=seed, lr=lr, batch_size=batch_size))
+    write_run_config(workdir, dict(model=decoder.config, seed=config.seed, lr=config.lr, batch_size=config.batch_size))
     if not (workdir / "state.pt").exists():  # a resumed run gets all of this from its checkpoint
         decoder.init_from_data(contexts, images)
 
@@ -189,10 +221,10 @@ def train_decoder(
     def eval_fn(m):
         return dict(score=-evaluate_mse(m, *valid))  # fit maximises the score
 
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
-                      checkpoint_every=checkpoint_every, snapshot_steps=tuple(int(s) for s in snapshot_steps),
-                      seed=seed, progress=progress)
-    return fit(decoder, loss_fn, (contexts, images), cfg, workdir, eval_fn=eval_fn if valid is not None else None,
+    loop = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, eval_every=config.eval_every,
+                       patience=config.patience, checkpoint_every=checkpoint_every, seed=config.seed,
+                       progress=progress)
+    return fit(decoder, loss_fn, (contexts, images), loop, workdir, eval_fn=eval_fn if valid is not None else None,
                device=device, desc="mse decoder", restore_best=True)
 
 

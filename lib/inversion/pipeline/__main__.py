@@ -1,0 +1,125 @@
+"""The command line of the stage cache (``python -m inversion.stages`` is the same command, kept as an alias).
+
+    python -m inversion.pipeline run    --params paper [--only layers:mnist] [--device cuda] [--progress]
+    python -m inversion.pipeline list   --params quick          # every stage of the set: cached or missing
+    python -m inversion.pipeline show   --params quick KEY      # a result.json
+    python -m inversion.pipeline stages                         # every kind of stage, its version and config
+    python -m inversion.pipeline pack   --params paper results.tgz   # finished results, no checkpoints
+    python -m inversion.pipeline unpack --params paper results.tgz   # merge them into this machine's cache
+    python -m inversion.pipeline export-json --params paper     # params/paper.json for machines without PyYAML
+
+A mistake on the command line or in a parameter set prints one line saying what is wrong and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from inversion.pipeline.cache import CACHE_ENV, Cache, iter_refs, pack, unpack
+from inversion.pipeline.plans import STAGES, available, load_params, plan
+from inversion.pipeline.schema import ConfigError
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description="The book's stage cache: run, list, show, carry results.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="quick", help="parameter set name (params/<name>.yaml) or YAML path")
+    common.add_argument("--only", nargs="*", default=None, metavar="SECTION[:DATASET]",
+                        help="restrict to sections/datasets, e.g. layers:mnist background dynamics")
+    common.add_argument("--cache", default=None, help=f"cache root (default ${CACHE_ENV} or <repo>/cache)")
+    run = sub.add_parser("run", parents=[common], help="compute every missing stage of the parameter set")
+    run.add_argument("--device", default=None, help="cpu / cuda (default: the set's device, auto = cuda if present)")
+    run.add_argument("--progress", action="store_true", help="tqdm progress bars for training")
+    sub.add_parser("list", parents=[common], help="list the stages of the set with their cache status")
+    show = sub.add_parser("show", parents=[common], help="print the result.json of a stage (key or dirname)")
+    show.add_argument("key")
+    sub.add_parser("stages", help="every kind of stage: name, version, consumed stages, config with defaults")
+    exp = sub.add_parser("export-json", parents=[common], help="write params/<set>.json for machines without PyYAML")
+    exp.add_argument("--out", default=None)
+    pk = sub.add_parser("pack", parents=[common], help="tar.gz the finished results (no checkpoints) to carry them")
+    pk.add_argument("archive")
+    pk.add_argument("--with-checkpoints", action="store_true")
+    up = sub.add_parser("unpack", parents=[common], help="merge a pack archive into the cache")
+    up.add_argument("archive")
+    return ap
+
+
+def _describe_stages() -> str:
+    lines = []
+    for s in STAGES.values():
+        fields = ", ".join(f"{f.name}={'<required>' if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING else (f.default if f.default is not dataclasses.MISSING else f.default_factory())!r}"  # noqa: E501
+                           for f in dataclasses.fields(s.config))
+        deps = f" <- {', '.join(s.deps)}" if s.deps else ""
+        lines.append(f"{s.name} (v{s.version}){deps}: {s.doc.splitlines()[0] if s.doc else ''}\n    {fields}")
+    return "\n".join(lines)
+
+
+def _run(args) -> int:
+    if args.cmd == "stages":
+        print(_describe_stages())
+        return 0
+    P = load_params(args.params)
+    if args.cmd == "export-json":
+        out = Path(args.out) if args.out else Path(P.source).with_suffix(".json")
+        out.write_text(json.dumps(P.data, indent=1) + "\n")
+        print(out)
+        return 0
+    cache = Cache(P, root=args.cache, device=getattr(args, "device", None), progress=getattr(args, "progress", False))
+    the_plan = plan(P, args.only)
+    if args.cmd == "list":
+        rows = list(iter_refs(the_plan))
+        for r in rows:
+            print(f"{cache.status(r):22s} {r.describe()}")
+        print(f"{sum(cache.has(r) for r in rows)}/{len(rows)} stages cached in {cache.root}")
+        return 0
+    if args.cmd == "pack":
+        names = pack(cache, Path(args.archive), args.with_checkpoints)
+        print(f"packed {len(names)} stage results of {cache.root} into {args.archive}")
+        return 0
+    if args.cmd == "unpack":
+        if not Path(args.archive).is_file():
+            raise ConfigError(f"unpack: no archive at {args.archive}")
+        added = unpack(cache, Path(args.archive))
+        print(f"added {len(added)} stage results to {cache.root}")
+        return 0
+    if args.cmd == "show":
+        matches = sorted(cache.root.glob(f"*{args.key}*/result.json"))
+        if not matches:
+            raise ConfigError(f"show: no result matching {args.key!r} in {cache.root} "
+                              f"(`list --params {P.name}` shows the keys)")
+        for m in matches:
+            print(m.read_text())
+        return 0
+    # run: datasets that cannot be downloaded here are skipped, with the reason
+    if "layers" in the_plan:
+        for d in list(the_plan["layers"]):
+            ok, why = available(d)
+            if not ok:
+                print(f"skipping {d}: {why}", file=sys.stderr)
+                del the_plan["layers"][d]
+    t0 = time.perf_counter()
+    for r in iter_refs(the_plan):
+        cache.result(r)
+    print(f"{len(cache.computed)} stages computed, {len(list(iter_refs(the_plan))) - len(cache.computed)} cached; "
+          f"{time.perf_counter() - t0:.0f} s; results in {cache.root}")
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m inversion.pipeline") -> int:
+    """Run the command line; a user error (bad arguments, parameter set or selector) prints one line, exit 2."""
+    args = _parser(prog).parse_args(argv)  # argparse itself prints usage and exits 2 on bad arguments
+    try:
+        return _run(args)
+    except ConfigError as e:
+        print(f"{prog.split()[-1]}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""The stage cache: every heavy step of the book as a cached, resumable, provenance-stamped library call.
+
+A *stage* is one heavy step (train a classifier, train an inversion model on one layer, evaluate its
+NCE, draw samples, ...): a function of a ``Context``, declared with the ``stage`` decorator beside the
+chapter that needs it (``inversion.pipeline.layers``, ``.background``, ``.dynamics``, ``.estimators``).
+It is requested through a ``Ref``: the stage, its full configuration (a frozen dataclass, every default
+filled in, validated) and the refs of the stages it consumes. The ref's key is
+
+    sha256(canonical JSON of {stage name, stage version, full config, {dependency name: dependency key}})
+
+cut to 12 hex digits, so a changed parameter anywhere upstream changes every key downstream, and a stage
+whose code changes what it computes bumps its ``version``. Results live in
+
+    <cache root>/<parameter set>/<stage>-<key>/        result.json + small files (npz, npy, json, *.pt)
+    <cache root>/<parameter set>/<stage>-<key>.work/   resumable training workdir while a stage runs
+
+with the cache root ``$INVERSION_CACHE`` or else ``<repo>/cache``. A result directory is written as a
+temporary directory and renamed into place, so it either exists completely or not at all; a lock file per
+stage keeps two processes from computing it at once; a killed training stage resumes from its ``.work``
+directory (``inversion.training.fit``). ``result.json`` holds the stage's metrics and its provenance:
+commit and dirty flag, device, torch and Python versions, wall seconds, date, parameter set, full config
+and the keys of its inputs.
+
+What must travel between machines. A stage whose ``result.json`` exists is reused as it is. Checkpoints
+(``*.pt``) are only opened when a downstream stage has to be computed; if one is missing then (results
+copied without their checkpoints, which git ignores), the stage that makes it is recomputed, with a
+warning. ``pack`` / ``unpack`` carry the finished results (result.json, npz, npy) of a parameter set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inversion.atomic import atomic_write_text
+from inversion.pipeline.params import REPO, Params
+from inversion.pipeline.schema import ConfigError, to_plain, validate
+from inversion.provenance import provenance
+
+CACHE_ENV = "INVERSION_CACHE"
+PORTABLE = (".json", ".npz", ".npy")  # what travels between machines: results, not checkpoints
+
+__all__ = ["Stage", "stage", "Ref", "ref", "Result", "Context", "Cache", "StageMissing", "iter_refs", "pack",
+           "unpack", "CACHE_ENV"]
+
+
+# =========================================================================================================
+# Stages and refs
+# =========================================================================================================
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One kind of heavy step: its name, code version, config dataclass, the stages it consumes, its body."""
+
+    name: str
+    version: str  # bump when the stage's code changes what it computes
+    config: type  # a frozen dataclass: every setting the stage reads, with its default
+    compute: Callable[["Context"], dict]
+    deps: tuple[str, ...] = ()  # names under which it receives the results it consumes
+    checkpoints: tuple[str, ...] = ()  # git-ignored files a consumer may need (recomputed when missing)
+
+    @property
+    def doc(self) -> str:
+        return (self.compute.__doc__ or "").strip()
+
+    def __repr__(self):
+        return f"Stage({self.name!r}, v{self.version})"
+
+
+def stage(name: str, version: str, config: type, deps: tuple[str, ...] = (), checkpoints: tuple[str, ...] = ()):
+    """Declare a stage: ``@stage("nce", "1", NCEConfig, deps=("classifier", "inversion"))`` on a function of a
+    Context returning a dict of metrics. The decorated name is bound to the ``Stage``; plans pass it to
+    ``ref``, and ``inversion.pipeline.plans.STAGES`` lists every stage explicitly."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"stage {name!r}: config must be a dataclass, got {config!r}")
+
+    def declare(fn):
+        return Stage(name, version, config, fn, tuple(deps), tuple(checkpoints))
+
+    return declare
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _jsonable(obj):
+    """Plain JSON types only (tuples -> lists, numpy scalars -> Python), so keys are stable."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = to_plain(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"config values must be JSON-like, got {type(obj).__name__}: {obj!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Ref:
+    """A request for one stage result; nothing runs until ``Cache.result(ref)``."""
+
+    stage: Stage
+    config: dict  # the full config as plain JSON data (what the key hashes)
+    deps: dict = field(default_factory=dict)  # name -> Ref
+
+    @property
+    def settings(self):
+        """The config as the stage's typed dataclass."""
+        return validate(self.stage.config, self.config, f"stage {self.stage.name}")
+
+    @property
+    def key(self) -> str:
+        payload = dict(stage=self.stage.name, version=self.stage.version, config=self.config,
+                       deps={k: v.key for k, v in sorted(self.deps.items())})
+        return hashlib.sha256(_canonical(payload).encode()).hexdigest()[:12]
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.stage.name}-{self.key}"
+
+    def describe(self) -> str:
+        short = {k: v for k, v in self.config.items() if k in ("dataset", "layer", "arch", "step", "steps", "n_images",
+                                                                "n_samples", "n_test", "contexts")}
+        return f"{self.dirname} {short}" if short else self.dirname
+
+    def walk(self) -> Iterator["Ref"]:
+        """This ref and everything upstream of it, dependencies first."""
+        for d in self.deps.values():
+            yield from d.walk()
+        yield self
+
+
+def ref(stage: Stage, config=None, **deps: Ref) -> Ref:
+    """A ``Ref`` to ``stage`` with its config validated (defaults filled in; unknown keys, wrong types and
+    out-of-range values raise ConfigError) and its dependencies checked."""
+    if not isinstance(stage, Stage):
+        raise TypeError(f"ref() takes a Stage (declared with @stage), got {stage!r}")
+    if set(deps) != set(stage.deps):
+        raise KeyError(f"stage {stage.name!r} consumes {list(stage.deps)}, got {sorted(deps)}")
+    settings = validate(stage.config, to_plain(config) if config is not None else {}, f"stage {stage.name}")
+    return Ref(stage, _jsonable(settings), dict(deps))
+
+
+def iter_refs(refs) -> Iterator[Ref]:
+    """Every ref in a nested plan (dicts, lists, refs), upstream first, each once."""
+    seen = set()
+
+    def rec(x):
+        if isinstance(x, Ref):
+            for r in x.walk():
+                if r.dirname not in seen:
+                    seen.add(r.dirname)
+                    yield r
+        elif isinstance(x, Mapping):
+            for v in x.values():
+                yield from rec(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from rec(v)
+
+    yield from rec(refs)
+
+
+# =========================================================================================================
+# Results and the cache
+# =========================================================================================================
+
+
+class StageMissing(RuntimeError):
+    """A stage is not in the cache and computing was switched off (``compute=False``)."""
+
+
+class Result:
+    """A finished stage: ``metrics``, ``config``, ``provenance`` and the files in its directory."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+        self.info = json.loads((self.dir / "result.json").read_text())
+
+    stage = property(lambda self: self.info["stage"])
+    key = property(lambda self: self.info["key"])
+    config = property(lambda self: self.info["config"])
+    metrics = property(lambda self: self.info["metrics"])
+    provenance = property(lambda self: self.info["provenance"])
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays of an .npz file (or {"array": ...} for an .npy file) of this result."""
+        p = self.dir / name
+        if p.suffix == ".npy":
+            return {"array": np.load(p)}
+        with np.load(p) as z:
+            return {k: z[k] for k in z.files}
+
+    def __repr__(self):
+        return f"Result({self.dir.name})"
+
+
+class Context:
+    """What a stage's body sees: its typed config, its dependencies, output and work directories, device."""
+
+    def __init__(self, cache: "Cache", r: Ref, out: Path, work: Path):
+        self.cache, self.ref, self.out, self.work = cache, r, out, work
+        self.config = r.settings
+        self.device = torch.device(cache.device)
+        self.progress = cache.progress
+
+    def dep(self, name: str, need: tuple[str, ...] = ()) -> Result:
+        """The result of the dependency ``name``, with the files in ``need`` present (recomputed if not)."""
+        return self.cache.result(self.ref.deps[name], need=need)
+
+    def log(self, msg: str) -> None:
+        self.cache.log(f"  [{self.ref.dirname}] {msg}")
+
+    def save_npz(self, name: str, **arrays) -> None:
+        np.savez_compressed(self.out / name, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def _default_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _finite(obj):
+    """NaN/inf -> None, so result.json stays strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Cache:
+    """Stage results of one parameter set under ``root/<param set>/``; computes what is missing.
+
+    compute: False makes a missing stage raise ``StageMissing`` (with the command that fills it) instead of
+    running it: a chapter built with ``compute=False`` only reads results.
+    """
+
+    def __init__(self, params: Params, root: str | os.PathLike | None = None, device: str | None = None,
+                 compute: bool = True, progress: bool = False, log: Callable[[str], None] = _default_log):
+        if not isinstance(params, Params):
+            raise TypeError("Cache takes a loaded parameter set: inversion.pipeline.load_params(name)")
+        self.params = params
+        base = Path(root or os.environ.get(CACHE_ENV) or REPO / "cache")
+        self.root = base / self.params.name
+        self.device = device or self.params.device
+        self.compute, self.progress, self.log = compute, progress, log
+        self.computed: list[str] = []  # dirnames computed by this Cache object, in order
+        self._compute_seconds = 0.0  # own wall time of every stage computed so far (for nested computes)
+
+    def status(self, r: Ref) -> str:
+        d = self.root / r.dirname
+        if not (d / "result.json").exists():
+            return "missing"
+        lacking = [c for c in r.stage.checkpoints if not (d / c).exists()]
+        return "cached" if not lacking else "cached (no checkpoint)"
+
+    def has(self, r: Ref) -> bool:
+        return (self.root / r.dirname / "result.json").exists()
+
+    def result(self, r: Ref, need: tuple[str, ...] = ()) -> Result:
+        """The result of ``r``; computed (dependencies first, as needed) if absent or lacking a needed file."""
+        d = self.root / r.dirname
+        if self._complete(d, need):
+            return Result(d)
+        if not self.compute:
+            raise StageMissing(
+                f"stage {r.describe()} is not in the cache {self.root} and computing is off. Fill it with\n"
+                f"  python -m inversion.pipeline run --params {self.params.source or self.params.name}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _locked(self.root / f".{r.dirname}.lock"):
+            if self._complete(d, need):  # another process finished it while we waited
+                return Result(d)
+            if d.exists():
+                lacking = [n for n in need if not (d / n).exists()]
+                self.log(f"{r.dirname}: result exists but {lacking} is missing (imported without checkpoints?); "
+                         "recomputing the stage")
+            return self._compute(r, d)
+
+    @staticmethod
+    def _complete(d: Path, need) -> bool:
+        return (d / "result.json").exists() and all((d / n).exists() for n in need)
+
+    def _compute(self, r: Ref, final: Path) -> Result:
+        tmp = self.root / f".tmp-{r.dirname}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        work = self.root / f"{r.dirname}.work"
+        ctx = Context(self, r, tmp, work)
+        self.log(f"computing {r.describe()} on {self.device}")
+        t0, before = time.perf_counter(), self._compute_seconds
+        try:
+            torch.manual_seed(0)
+            metrics = r.stage.compute(ctx)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # the .work directory stays, so training can resume
+            raise
+        # this stage's own time: dependencies it had to compute first record theirs
+        wall = time.perf_counter() - t0 - (self._compute_seconds - before)
+        self._compute_seconds += wall
+        info = dict(
+            stage=r.stage.name, key=r.key, version=r.stage.version, config=r.config,
+            deps={k: v.dirname for k, v in r.deps.items()},
+            metrics=_jsonable(_finite(metrics)),
+            files={p.name: p.stat().st_size for p in sorted(tmp.iterdir())},
+            provenance=provenance(self.device, wall_s=round(wall, 2), param_set=self.params.name),
+        )
+        atomic_write_text(tmp / "result.json", json.dumps(info, indent=1) + "\n")
+        trash = None
+        if final.exists():
+            trash = self.root / f".old-{r.dirname}-{os.getpid()}"
+            os.rename(final, trash)
+        os.rename(tmp, final)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        self.computed.append(r.dirname)
+        self.log(f"done {r.dirname} in {wall:.1f} s")
+        return Result(final)
+
+    def results(self, refs):
+        """Materialise a nested dict/list of refs into the same structure of results."""
+        if isinstance(refs, Ref):
+            return self.result(refs)
+        if isinstance(refs, Mapping):
+            return {k: self.results(v) for k, v in refs.items()}
+        if isinstance(refs, (list, tuple)):
+            return [self.results(v) for v in refs]
+        return refs
+
+
+# =========================================================================================================
+# Carrying results between machines
+# =========================================================================================================
+
+
+def pack(cache: Cache, out: Path, with_checkpoints: bool = False) -> list[str]:
+    """A .tar.gz of every finished stage of the cache (result.json, npz, npy; *.pt only on request)."""
+    names = []
+    with tarfile.open(out, "w:gz") as tar:
+        for res in sorted(cache.root.glob("*/result.json")):
+            d = res.parent
+            if d.name.endswith(".work") or d.name.startswith("."):
+                continue
+            for f in sorted(d.iterdir()):
+                if f.suffix in PORTABLE or (with_checkpoints and f.suffix == ".pt"):
+                    tar.add(f, arcname=f"{cache.params.name}/{d.name}/{f.name}")
+            names.append(d.name)
+    return names
+
+
+def unpack(cache: Cache, archive: Path) -> list[str]:
+    """Merge a ``pack`` archive into the cache; stages already present are kept (same key, same config)."""
+    added = []
+    cache.root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar, tempfile.TemporaryDirectory(dir=cache.root.parent) as tmp:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        for m in members:
+            parts = Path(m.name).parts
+            if len(parts) != 3 or parts[0] != cache.params.name or ".." in parts or m.name.startswith("/"):
+                raise ConfigError(f"{archive}: unexpected member {m.name!r} (packed from set {parts[0]!r}?)")
+        try:
+            tar.extractall(tmp, members=members, filter="data")
+        except TypeError:  # Python without extraction filters; the members were checked above
+            tar.extractall(tmp, members=members)
+        unpacked = Path(tmp) / cache.params.name
+        for d in sorted(unpacked.iterdir()) if unpacked.exists() else []:
+            if not (d / "result.json").exists() or (cache.root / d.name / "result.json").exists():
+                continue
+            os.rename(d, cache.root / d.name)
+            added.append(d.name)
+    return added

@@ -1,0 +1,142 @@
+"""The explicit registry: every stage and every book section, and the plan of a whole parameter set.
+
+Nothing registers itself by being imported: a stage exists because it is listed in ``STAGES`` below, a
+section because it is listed in ``SECTIONS``. To add a stage, declare it with ``@stage`` in the module of
+the chapter that needs it and add it to that module's ``STAGES``; to add a section, write its settings
+dataclass and plan function and list them here (see the README's "Adding a stage or a chapter").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from inversion import data
+from inversion.pipeline import architectures, background, dynamics, estimators, layers
+from inversion.pipeline.cache import Cache, Stage, iter_refs
+from inversion.pipeline.params import Params
+from inversion.pipeline.params import load_params as _load_params
+from inversion.pipeline.schema import ConfigError, closest
+
+__all__ = ["STAGES", "SECTIONS", "load_params", "plan", "selectors", "available", "layers_datasets",
+           "DatasetAvailability", "background_results", "layers_results", "architectures_results",
+           "dynamics_results", "estimators_results"]
+
+STAGES: dict[str, Stage] = {s.name: s for s in (*background.STAGES, *layers.STAGES, *dynamics.STAGES,
+                                                 *estimators.STAGES)}
+
+# Book sections that have stages, in book order, with the dataclass of their settings.
+SECTIONS: dict[str, type] = {
+    "background": background.BackgroundSettings,
+    "layers": layers.LayersSettings,
+    "architectures": architectures.ArchitecturesSettings,
+    "dynamics": dynamics.DynamicsSettings,
+    "estimators": estimators.EstimatorsSettings,
+}
+
+
+def load_params(spec="quick", overrides: Mapping | None = None) -> Params:
+    """A parameter set (``params/<name>.yaml`` or a path) with ``overrides`` merged, validated against
+    ``SECTIONS``: an unknown key, a wrong type or an out-of-range value raises ConfigError naming it."""
+    P = _load_params(spec, overrides, SECTIONS)
+    if "estimators" in P and "dynamics" not in P:
+        raise ConfigError(f"{P.source or P.name}: estimators: needs a dynamics section (it runs on its snapshots)")
+    if "estimators" in P:
+        estimators.estimators_plan(P)  # the sweep's regime and step must name a dynamics regime and checkpoint
+    return P
+
+
+@dataclass
+class DatasetAvailability:
+    """The §5.1 datasets of a parameter set that can be loaded here, and why the others cannot."""
+
+    available: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # dataset -> one-line reason
+
+
+def available(dataset: str) -> tuple[bool, str]:
+    """Whether a dataset can be loaded here, and why not (SVHN and CIFAR-10 need a download)."""
+    try:
+        data.fetch(dataset)
+        return True, ""
+    except data.DatasetUnavailable as e:
+        return False, str(e).splitlines()[0]
+
+
+def layers_datasets(P: Params) -> DatasetAvailability:
+    out = DatasetAvailability()
+    for ds in P.section("layers").datasets:
+        ok, why = available(ds)
+        if ok:
+            out.available.append(ds)
+        else:
+            out.skipped[ds] = why
+    return out
+
+
+def selectors(P: Params) -> list[str]:
+    """The valid ``--only`` selectors of a parameter set: every section it has, and layers:<dataset>."""
+    out = [s for s in SECTIONS if s in P]
+    if "layers" in P:
+        out += [f"layers:{d}" for d in P.section("layers").datasets]
+    return out
+
+
+def plan(P: Params, only: list[str] | None = None) -> dict:
+    """Every stage of a parameter set, nested by section (and dataset), optionally restricted with
+    ``only=["layers", "layers:mnist", "background"]``; an unknown selector raises ConfigError."""
+    valid = selectors(P)
+    for o in only or ():
+        if o not in valid:
+            raise ConfigError(f"--only {o!r}: not a section of parameter set {P.name!r}{closest(o, valid)}; "
+                              f"valid: {', '.join(valid)}")
+
+    def wanted(section, dataset=None):
+        return not only or section in only or (dataset is not None and f"{section}:{dataset}" in only)
+
+    out = {}
+    if "background" in P and wanted("background"):
+        out["background"] = background.background_plan(P)
+    if "layers" in P:
+        ds = [d for d in P.section("layers").datasets if wanted("layers", d)]
+        if ds:
+            out["layers"] = {d: layers.layers_plan(P, d) for d in ds}
+    if "architectures" in P and wanted("architectures"):
+        out["architectures"] = architectures.architectures_plan(P)
+    if "dynamics" in P and wanted("dynamics"):
+        out["dynamics"] = dynamics.dynamics_plan(P)
+    if "estimators" in P and wanted("estimators"):
+        out["estimators"] = estimators.estimators_plan(P)
+    return out
+
+
+def count(the_plan) -> int:
+    return len(list(iter_refs(the_plan)))
+
+
+# ---- each chapter's results: its plan, materialised (computed where missing, unless compute=False) ----
+
+
+def background_results(P: Params, cache: Cache) -> dict:
+    """The Background chapter's results: {"toy": Result}."""
+    return cache.results(background.background_plan(P))
+
+
+def layers_results(P: Params, dataset: str, cache: Cache) -> dict:
+    """The §5.1 results of one dataset: {"classifier", "layers": {layer: {...}}, "figure2"}."""
+    return cache.results(layers.layers_plan(P, dataset))
+
+
+def architectures_results(P: Params, cache: Cache) -> dict:
+    """The §5.2 results: {arch: {"classifier", "inversion", "nce", "replicates", "decoder", "samples"}}."""
+    return cache.results(architectures.architectures_plan(P))
+
+
+def dynamics_results(P: Params, cache: Cache) -> dict:
+    """The §5.3 results, shaped like ``dynamics_plan`` with results in place of refs."""
+    return cache.results(dynamics.dynamics_plan(P))
+
+
+def estimators_results(P: Params, cache: Cache) -> dict:
+    """The appendix's results, shaped like ``estimators_plan`` with results in place of refs."""
+    return cache.results(estimators.estimators_plan(P))

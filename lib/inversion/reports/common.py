@@ -1,0 +1,270 @@
+"""The presentation toolkit shared by the chapters' report modules: labels and colours, image grids,
+Markdown tables, the ``Claim`` record and its table, and the provenance of every figure and page.
+
+Everything takes plain arrays (uint8 images [N, C, H, W] or [N, K, C, H, W]), numbers or stage results, and
+returns a matplotlib figure, a string or an ``IPython.display.Markdown`` object, so chapters stay a few
+lines per cell. Nothing here knows about a particular section of the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+LAYER_LABELS = {"conv1": "CONV1", "conv2": "CONV2", "fc1": "FC1", "fc2": "FC2", "fc3": "FC3", "logits": "LOGITS"}
+DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "affnist": "affNIST", "svhn": "SVHN",
+                  "cifar10": "CIFAR-10"}
+REGIME_LABELS = {"regular": "regular", "overfit": "overfitted (100 examples, no dropout)"}
+REGIME_COLOURS = {"regular": "tab:blue", "overfit": "tab:red"}  # the paper's Fig. 5b: blue regular, red overfitted
+
+
+def layer_label(name: str) -> str:
+    return LAYER_LABELS.get(name, name.upper())
+
+
+def dataset_label(name: str) -> str:
+    return DATASET_LABELS.get(name, name)
+
+
+def regime_label(regime: str) -> str:
+    return REGIME_LABELS.get(regime, regime)
+
+
+def join_names(items: Iterable[str]) -> str:
+    """"A", "A and B", "A, B and C" ("" for none)."""
+    items = list(items)
+    return "" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over test images and its standard error."""
+
+    value: float
+    stderr: float
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A paired difference and its noise: the paired test-set standard error, combined where measured with
+    the seed-to-seed spread of the models behind it (``inversion.bounds.difference_noise``)."""
+
+    value: float
+    noise: float
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """Standard deviation of the NCE over inversion models that differ only in their seed, and how many
+    models it was measured on (sd 0 when there are no replicates)."""
+
+    sd: float
+    n_models: int
+
+
+def to_display(img: np.ndarray) -> np.ndarray:
+    """[C, H, W] uint8 -> [H, W] (grey) or [H, W, 3] for imshow."""
+    img = np.asarray(img)
+    return img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
+
+
+def _show(ax, img, frame=None):
+    ax.imshow(to_display(img), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(frame is not None)
+        if frame is not None:
+            s.set_edgecolor(frame)
+            s.set_linewidth(2)
+
+
+def image_grid(columns: Sequence[tuple[str, np.ndarray]], groups: Sequence[tuple[str, int]] | None = None,
+               frames: Sequence[str | None] | None = None, cell: float = 0.72, title: str | None = None,
+               row_labels: Sequence[str] | None = None):
+    """A grid of images: ``columns`` is a list of (column title, images [rows, C, H, W]).
+
+    ``groups`` [(label, n_columns), ...] puts a label over consecutive columns, separated by a gap;
+    ``frames`` gives a frame colour per column (None: no frame); ``row_labels`` name the rows on the left.
+    """
+    n_rows = len(columns[0][1])
+    groups = groups or [("", len(columns))]
+    if sum(n for _, n in groups) != len(columns):
+        raise ValueError("groups must cover every column")
+    gap = 0.35  # width of the space between groups, in cells
+    widths = []
+    for gi, (_, n) in enumerate(groups):
+        widths += [1.0] * n
+        if gi < len(groups) - 1:
+            widths.append(gap)
+    top_in = 0.45 + (0.3 if title else 0.0)  # inches above the grid: column titles, group labels, title
+    height = cell * n_rows + top_in + 0.05
+    left_in = 0.75 if row_labels else 0.05
+    width = cell * sum(widths) + left_in + 0.05
+    fig = plt.figure(figsize=(width, height))
+    grid_top = 1 - top_in / height
+    gs = fig.add_gridspec(n_rows, len(widths), width_ratios=widths, wspace=0.04, hspace=0.04,
+                          left=left_in / width, right=1 - 0.05 / width, top=grid_top, bottom=0.05 / height)
+    col = slot = 0
+    for label, n in groups:
+        first = last = None
+        for _ in range(n):
+            name, imgs = columns[col]
+            for r in range(n_rows):
+                ax = fig.add_subplot(gs[r, slot])
+                _show(ax, imgs[r], frames[col] if frames else None)
+                if slot == 0 and row_labels:
+                    ax.set_ylabel(row_labels[r], fontsize=8.5, rotation=0, ha="right", va="center", labelpad=4)
+                if r == 0:
+                    ax.set_title(name, fontsize=7, pad=2)
+                    first = first if first is not None else ax
+                    last = ax
+            col += 1
+            slot += 1
+        slot += 1  # the gap
+        if label and first is not None:
+            x0, x1 = first.get_position().x0, last.get_position().x1
+            fig.text((x0 + x1) / 2, grid_top + 0.22 / height, label, ha="center", va="bottom", fontsize=8.5,
+                     fontweight="bold")
+    if title:
+        fig.text(0.5, 1 - 0.04 / height, title, ha="center", va="top", fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------------
+
+
+def fmt(v, spec: str = ".3g") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    return format(v, spec)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence], align: str | None = None) -> str:
+    header = list(header)
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else (":---:" if a == "c" else "---") for a in align]
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def md(text: str):
+    from IPython.display import Markdown
+
+    return Markdown(text)
+
+
+def verdict(ok: bool | None) -> str:
+    return {True: "✓ yes", False: "✗ **no**", None: "— n/a"}[ok]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One checked claim: what is claimed, what the paper reports, what this run gives, whether it
+    reproduced by the stated criterion (True / False, or None when the run cannot decide), and optionally
+    a ``kind`` and ``layer`` that a chapter counts claims by."""
+
+    claim: str
+    paper: str
+    ours: str
+    reproduced: bool | None
+    criterion: str
+    kind: str | None = None
+    layer: str | None = None
+
+    def __post_init__(self):
+        if self.reproduced is not None:  # numpy booleans compare and hash like bools but are not ``True``
+            object.__setattr__(self, "reproduced", bool(self.reproduced))
+
+
+def claims_table(claims: Sequence[Claim]):
+    """Markdown: claim | paper | this run | reproduced? | criterion."""
+    rows = [(c.claim, c.paper, c.ours, verdict(c.reproduced), c.criterion) for c in claims]
+    return md(markdown_table(["claim", "paper", "this run", "reproduced?", "criterion"], rows, "lllcl"))
+
+
+def count_reproduced(claims: Iterable[Claim]) -> tuple[int, int]:
+    """(claims reproduced, claims decided either way)."""
+    claims = list(claims)
+    return sum(c.reproduced is True for c in claims), sum(c.reproduced is not None for c in claims)
+
+
+def _commit(p: Mapping) -> str:
+    dirty = {True: " (dirty)", False: "", None: " (?)"}[p.get("dirty")]
+    return f"{str(p.get('commit', '?'))[:10]}{dirty}"
+
+
+def provenance_table(results: Iterable, param_set: str):
+    """Markdown: one row per stage result used on the page, with where and how it was computed. Commit,
+    device and torch version go in the header when every result shares them, else into the table."""
+    results = list(results)
+    total = sum(r.provenance.get("wall_s", 0) for r in results)
+    shared, varying = {}, []
+    for field, get in (("commit", _commit), ("device", lambda p: p.get("device", "?")),
+                       ("torch", lambda p: p.get("torch", "?"))):
+        values = {get(r.provenance) for r in results}
+        if len(values) == 1:
+            shared[field] = values.pop()
+        else:
+            varying.append((field, get))
+    head = (f"Parameter set **{param_set}**; {len(results)} stage results, {total / 60:.1f} min of compute in "
+            f"total (the sum of each stage's wall time when it was computed)")
+    head += "".join(f"; {k} `{v}`" for k, v in shared.items()) + ".\n\n"
+    rows = []
+    for r in results:
+        c = r.config
+        what = ", ".join(f"{k}={c[k]}" for k in ("dataset", "arch", "layer", "step", "steps", "n_test", "n_images",
+                                                  "n_samples")
+                         if k in c and c[k] is not None)
+        p = r.provenance
+        rows.append((f"`{r.dir.name}`", what, *[get(p) for _, get in varying], f"{p.get('wall_s', float('nan')):.0f}",
+                     str(p.get("date", "?"))[:16].replace("T", " ")))
+    header = ["stage result", "config", *[k for k, _ in varying], "wall s", "date (UTC)"]
+    return md(head + markdown_table(header, rows, "ll" + "l" * len(varying) + "rl"))
+
+
+def caption(results: Iterable, param_set: str):
+    """The provenance line under a figure, as wrapped Markdown."""
+    return md(f"*{provenance_caption(results, param_set)}*")
+
+
+def provenance_caption(results: Iterable, param_set: str) -> str:
+    """One line for under a figure: parameter set, commit(s), device(s)."""
+    results = list(results)
+    commits = sorted({str(r.provenance.get("commit", "?"))[:10] + (" (dirty)" if r.provenance.get("dirty") else "")
+                      for r in results})
+    devices = sorted({r.provenance.get("device", "?") for r in results})
+    return (f"Run: parameter set {param_set}; commit {', '.join(commits)}; device {', '.join(devices)}; "
+            f"{len(results)} stage results.")
+
+
+def flat_results(tree) -> list:
+    """Every stage result in a nested dict/list of results, each once."""
+    out, seen = [], set()
+
+    def rec(x):
+        if hasattr(x, "provenance") and hasattr(x, "dir"):
+            if x.dir not in seen:
+                seen.add(x.dir)
+                out.append(x)
+        elif isinstance(x, Mapping):
+            for v in x.values():
+                rec(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                rec(v)
+
+    rec(tree)
+    return out
+
+

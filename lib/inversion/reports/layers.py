@@ -1,0 +1,305 @@
+"""§5.1 in numbers and pictures: what each layer of a classifier keeps about its input.
+
+``layer_summary`` reads one dataset's stage results (the classifier, and per layer the inversion model, its
+NCE, the MSE decoder, samples and nearest neighbours) into a ``LayerSummary``; ``figure1``, ``figure2`` and
+``nce_plot`` draw the paper's Fig. 1, Fig. 2 and Fig. 5a; ``layer_claims`` checks §5.1's claims against
+the paper's numbers (``inversion.paper``) by stated criteria.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from inversion import paper
+from inversion.reports.common import Claim, Estimate, dataset_label, image_grid, layer_label
+
+
+def figure1(inputs: np.ndarray, layers: Mapping[str, tuple[np.ndarray, np.ndarray]], n_samples: int = 3,
+            title: str | None = None):
+    """Fig. 1: one row per layer; for each test image its input, ``n_samples`` inversion samples from that
+    layer and the layer's MSE reconstruction (framed in orange).
+
+    ``layers`` maps layer name -> (samples [n, K, C, H, W], reconstructions [n, C, H, W]).
+    """
+    names = list(layers)
+    columns, groups, frames = [], [], []
+    for i in range(len(inputs)):
+        k = min(n_samples, layers[names[0]][0].shape[1])
+        columns.append(("input", np.stack([inputs[i]] * len(names))))
+        columns += [(f"sample {j + 1}", np.stack([layers[l][0][i, j] for l in names])) for j in range(k)]
+        columns.append(("MSE", np.stack([layers[l][1][i] for l in names])))
+        frames += [None] * (k + 1) + ["tab:orange"]
+        groups.append((f"test image {i + 1}", k + 2))
+    return image_grid(columns, groups, frames, title=title, row_labels=[layer_label(l) for l in names])
+
+
+def figure2(inputs: np.ndarray, top_samples: np.ndarray, neighbours: np.ndarray, layer: str = "fc3",
+            n_drawn: int | None = None, title: str | None = None):
+    """Fig. 2: inputs | the top-k of N samples by L1 distance at ``layer`` | the k nearest training images."""
+    k = top_samples.shape[1]
+    columns = [("input", inputs)] + [(f"#{j + 1}", top_samples[:, j]) for j in range(k)] + \
+              [(f"#{j + 1}", neighbours[:, j]) for j in range(k)]
+    drawn = f" of {n_drawn}" if n_drawn else ""
+    groups = [("", 1), (f"top-{k}{drawn} samples ({layer_label(layer)} L1)", k),
+              (f"{k} nearest training images ({layer_label(layer)} L1)", k)]
+    return image_grid(columns, groups, title=title)
+
+
+def nce_plot(summaries: Mapping[str, LayerSummary]):
+    """Fig. 5a: NCE per layer (nats, ± 2 standard errors): absolute, one panel per dataset (their scales
+    differ by 1000s of nats), and relative to |NCE(CONV1)| (paired standard errors, delta method) for all
+    datasets together, as in the paper. ``summaries`` maps dataset -> its ``LayerSummary``.
+    """
+    n = len(summaries)
+    fig = plt.figure(figsize=(max(9.5, 3.2 * n), 6.4))
+    gs = fig.add_gridspec(2, n, height_ratios=[1, 1.15], hspace=0.45, wspace=0.35)
+    markers = "osD^v"
+    rel_ax = fig.add_subplot(gs[1, :])
+    for i, (ds, s) in enumerate(summaries.items()):
+        names = list(s.layers)
+        x = np.arange(len(names))
+        nats = np.array([s.nce[l].value for l in names])
+        err = np.array([s.nce[l].stderr for l in names])
+        ax = fig.add_subplot(gs[0, i])
+        ax.errorbar(x, nats, yerr=2 * err, marker=markers[i % 5], color=f"C{i}", capsize=3)
+        ax.set_title(f"{dataset_label(ds)}: NCE [nats/image]", fontsize=9.5)
+        ax.set_xticks(x, [layer_label(l) for l in names], fontsize=8)
+        ax.grid(alpha=0.3)
+        ref = abs(nats[0])
+        rel_err = np.array([s.relative[l].stderr for l in names])
+        rel_ax.errorbar(x, nats / ref, yerr=2 * rel_err, marker=markers[i % 5], color=f"C{i}", capsize=3,
+                        label=dataset_label(ds))
+    rel_ax.set_xticks(np.arange(len(names)), [layer_label(l) for l in names])
+    rel_ax.set_ylabel("NCE / |NCE(CONV1)|")
+    rel_ax.set_title("relative to the CONV1 cross-entropy, as in the paper's Fig. 5a", fontsize=10)
+    rel_ax.grid(alpha=0.3)
+    rel_ax.legend(fontsize=8)
+    fig.text(0.5, 0.005, "error bars: ± 2 standard errors over test images (relative: paired, delta method)",
+             ha="center", fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The summary of one dataset
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerStep:
+    """The paired NCE difference from one layer to the next (``deeper`` − ``shallower``, same test images)."""
+
+    shallower: str
+    deeper: str
+    diff: float
+    stderr: float
+
+
+@dataclass(frozen=True)
+class Table1Distances:
+    """Mean L1 distance per unit at one layer between a test input's representation and that of its
+    nearest training image (nn1), one sample (im_s), the closest of ``nn_of`` samples (im_nn)."""
+
+    nn1: float
+    im_s: float
+    im_nn: float
+
+
+@dataclass(frozen=True)
+class OwnVsSameClass:
+    """Style beyond the class: the samples' pixel distance to their own input over that to other test
+    inputs of the same class (``ratio``, mean over inputs), and the mean difference of the two distances
+    with its standard error, over ``n_inputs`` inputs that have a same-class partner."""
+
+    ratio: float
+    n_inputs: int
+    diff: float
+    stderr: float
+
+
+@dataclass(frozen=True)
+class Figure2Summary:
+    """Fig. 2: the best of ``n_drawn`` samples per image at ``layer`` against the nearest training image,
+    mean L1 per unit over ``n_images`` images; ``top_k`` of each are shown."""
+
+    layer: str
+    n_drawn: int
+    n_images: int
+    top1: float
+    nn1: float
+    top_k: int
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    dataset: str
+    layers: list[str]
+    accuracy: float  # the classifier's test accuracy
+    nce: dict[str, Estimate]  # nats per image
+    bits_per_dim: dict[str, float]
+    relative: dict[str, Estimate]  # NCE / |NCE(first layer)|, paired (delta method)
+    steps: list[LayerStep]  # consecutive layers
+    mse: dict[str, float]  # the MSE decoder's test MSE
+    table1: dict[str, Table1Distances]
+    nn_of: int  # IM-NN: the closest of this many samples
+    agreement: dict[str, float]  # fraction of samples classified like their input
+    pixel_l1: dict[str, float]  # mean |sample − input| per pixel, 0–1 scale
+    own_vs_same_class: dict[str, OwnVsSameClass]
+    figure2: Figure2Summary | None
+
+
+def ratio_stderr(a: np.ndarray, b: np.ndarray) -> Estimate:
+    """mean(a) / |mean(b)| over the same images and its standard error (delta method on paired data)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    A, B = a.mean(), b.mean()
+    r = A / abs(B)
+    influence = (a - A) / abs(B) - r * (b - B) / B  # d r / d A = 1/|B|, d r / d B = -r / B
+    return Estimate(float(r), float(influence.std(ddof=1) / math.sqrt(len(a))))
+
+
+def own_vs_same_class(pixel_l1_to_inputs: np.ndarray, labels: np.ndarray) -> OwnVsSameClass:
+    """``pixel_l1_to_inputs[i, j]``: mean pixel distance of input i's samples to test input j."""
+    d, y = pixel_l1_to_inputs, labels
+    ratios, diffs = [], []
+    for i in range(len(y)):
+        same = [j for j in range(len(y)) if j != i and y[j] == y[i]]
+        if same:
+            ratios.append(d[i, i] / d[i, same].mean())
+            diffs.append(d[i, i] - d[i, same].mean())
+    if len(diffs) >= 2:
+        return OwnVsSameClass(float(np.mean(ratios)), len(ratios), float(np.mean(diffs)),
+                              float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))))
+    return OwnVsSameClass(float("nan"), len(ratios), float("nan"), float("nan"))
+
+
+def layer_summary(dataset: str, res: Mapping) -> LayerSummary:
+    """The numbers of one dataset's §5.1 results (``pipeline.layers``), for tables, prose and claims."""
+    layers = list(res["layers"])
+    R = res["layers"]
+    lp = {l: R[l]["nce"].arrays("log_probs.npy")["array"] for l in layers}
+    steps = []
+    for a, b in zip(layers, layers[1:]):
+        d = lp[b] - lp[a]
+        steps.append(LayerStep(a, b, float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))))
+    m = {l: R[l]["samples"].metrics for l in layers}
+    style = {}
+    for l in layers:
+        z = R[l]["samples"].arrays("samples.npz")
+        style[l] = own_vs_same_class(z["pixel_l1_to_inputs"], z["labels"])
+    figure2 = None
+    f2 = res.get("figure2")
+    if f2 is not None:
+        lay = [l for l in layers if R[l]["inversion"].dir.name == f2.info["deps"]["inversion"]][0]
+        z = f2.arrays("samples.npz")
+        nn = R[lay]["neighbours"].arrays("neighbours.npz")
+        n = len(z["test_index"])
+        figure2 = Figure2Summary(layer=lay, n_drawn=f2.config["n_samples"], n_images=n,
+                                 top1=float(z["dist"].min(1).mean()), nn1=float(nn["dist"][:n, 0].mean()),
+                                 top_k=f2.config["keep_topk"])
+    return LayerSummary(
+        dataset=dataset, layers=layers, accuracy=res["classifier"].metrics["test_accuracy"],
+        nce={l: Estimate(R[l]["nce"].metrics["nats"], R[l]["nce"].metrics["stderr"]) for l in layers},
+        bits_per_dim={l: R[l]["nce"].metrics["bits_per_dim"] for l in layers},
+        relative={l: ratio_stderr(lp[l], lp[layers[0]]) for l in layers},
+        steps=steps,
+        mse={l: R[l]["decoder"].metrics["test_mse"] for l in layers},
+        table1={l: Table1Distances(nn1=R[l]["neighbours"].metrics["nn1"], im_s=m[l]["im_s"], im_nn=m[l]["im_nn"])
+                for l in layers},
+        nn_of=m[layers[0]]["nn_of"],
+        agreement={l: m[l]["class_agreement"] for l in layers},
+        pixel_l1={l: m[l]["pixel_l1"] for l in layers},
+        own_vs_same_class=style, figure2=figure2)
+
+
+def biggest_drop(s: LayerSummary) -> LayerStep:
+    """The consecutive pair of layers with the most negative NCE difference."""
+    return min(s.steps, key=lambda t: t.diff)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Claims
+# ---------------------------------------------------------------------------------------------------------
+
+ACCURACY_TOLERANCE = 0.01  # "reproduced": within 1 percentage point of the paper's test accuracy
+
+
+def _monotone(values: Sequence[float], increasing: bool) -> bool:
+    pairs = list(zip(values, values[1:]))
+    return all((b > a) if increasing else (b < a) for a, b in pairs)
+
+
+def _table1_pattern(layers: Sequence[str], signs: Sequence[str]) -> str:
+    below = [layer_label(l) for l, g in zip(layers, signs) if g == "<"]
+    above = [layer_label(l) for l, g in zip(layers, signs) if g == ">"]
+    return "; ".join(p for p in (("closer at " + ", ".join(below)) if below else "",
+                                 ("farther at " + ", ".join(above)) if above else "") if p)
+
+
+def layer_claims(s: LayerSummary) -> list[Claim]:
+    """The §5.1 claims for one dataset, each with the paper's value, this run's, and a stated criterion."""
+    D = dataset_label(s.dataset)
+    layers = s.layers
+    L = [layer_label(l) for l in layers]
+    out = []
+    paper_acc = paper.CLASSIFIER_ACCURACY.get(s.dataset)
+    out.append(Claim(
+        claim=f"{D}: classifier test accuracy", paper=f"{paper_acc:.1%}" if paper_acc else "— (not in paper)",
+        ours=f"{s.accuracy:.2%}",
+        reproduced=(abs(s.accuracy - paper_acc) <= ACCURACY_TOLERANCE) if paper_acc else None,
+        criterion="within 1 percentage point of the paper"))
+    sig = all(t.diff < 0 and abs(t.diff) > 2 * t.stderr for t in s.steps)
+    out.append(Claim(
+        claim=f"{D}: the NCE decreases through successive layers (Fig. 5a)", paper="yes, every dataset",
+        ours=", ".join(f"{t.diff:+.1f}±{t.stderr:.1f}" for t in s.steps) + " nats",
+        reproduced=sig, criterion="every consecutive paired difference < 0 by more than 2 standard errors"))
+    drops = [t.diff for t in s.steps]
+    if len(drops) >= 2 and layers[:2] == ["conv1", "conv2"]:
+        out.append(Claim(
+            claim=f"{D}: the biggest drop is CONV1 → CONV2", paper="yes, \"by far\"",
+            ours=f"largest: {L[int(np.argmin(drops))]} → {L[int(np.argmin(drops)) + 1]}",
+            reproduced=int(np.argmin(drops)) == 0, criterion="CONV1→CONV2 is the most negative consecutive difference"))
+    table = paper.TABLE1
+    t1 = [l for l in table.layers if l in s.table1]
+    ptab = table.distances.get(s.dataset, table.distances["mnist"])
+    source = "" if s.dataset in table.distances else " (paper's MNIST pattern)"
+    for key, name in (("im_nn", f"IM-NN (best of {s.nn_of} samples)"), ("im_s", "IM-S (one sample)")):
+        want = ["<" if getattr(ptab[l], key) < ptab[l].nn1 else ">" for l in t1]
+        got = ["<" if getattr(s.table1[l], key) < s.table1[l].nn1 else ">" for l in t1]
+        out.append(Claim(
+            claim=f"{D}: {name} vs the nearest training image, in representation space (Table 1)",
+            paper=_table1_pattern(t1, want) + source, ours=_table1_pattern(t1, got), reproduced=want == got,
+            criterion="closer (<) or farther (>) than 1NN at the same layers as in the paper"))
+    mse = [s.mse[l] for l in layers]
+    out.append(Claim(
+        claim=f"{D}: MSE reconstructions get blurrier with depth (Fig. 1)", paper="yes (qualitative)",
+        ours=" < ".join(f"{v:.4f}" for v in mse) if _monotone(mse, True) else ", ".join(f"{v:.4f}" for v in mse),
+        reproduced=_monotone(mse, True), criterion="decoder test MSE increases from each layer to the next"))
+    pix = [s.pixel_l1[l] for l in layers]
+    out.append(Claim(
+        claim=f"{D}: CONV1 samples are the closest to the input (Fig. 1)",
+        paper="\"almost indistinguishable from the inputs\"",
+        ours=", ".join(f"{l} {v:.3f}" for l, v in zip(L, pix)),
+        reproduced=int(np.argmin(pix)) == 0,
+        criterion="mean pixel |sample − input| (0–1 scale) is smallest at CONV1"))
+    if "logits" in layers:
+        st = s.own_vs_same_class["logits"]
+        ok = st.n_inputs >= 2 and math.isfinite(st.stderr)
+        out.append(Claim(
+            claim=f"{D}: LOGITS samples keep the input's style, not just its class", paper="yes, for MNIST (Fig. 1)",
+            ours=f"distance ratio {st.ratio:.3f} (difference {st.diff:+.4f} ± {st.stderr:.4f}) over {st.n_inputs} "
+                 "images" if ok else "n/a (too few test images of one class)",
+            reproduced=bool(st.diff < -2 * st.stderr) if ok else None,
+            criterion="samples are closer (pixel L1) to their own input than to other test inputs of the same "
+                      "class, by more than 2 standard errors"))
+    f2 = s.figure2
+    if f2:
+        out.append(Claim(
+            claim=f"{D}: the best of N samples is closer in {layer_label(f2.layer)} than the nearest training "
+                  "image (Fig. 2)", paper=f"yes (N = {paper.FIGURE2.n_samples})",
+            ours=f"{f2.top1:.4g} vs {f2.nn1:.4g} (N = {f2.n_drawn})", reproduced=f2.top1 < f2.nn1,
+            criterion="mean L1 per unit of the top-1 sample < that of the 1st nearest training image"))
+    return out
