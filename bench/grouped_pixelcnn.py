@@ -7,10 +7,10 @@ kernel launch: their weights are stacked along a new leading axis and the model 
 Each model keeps its own weights, optimiser state, dropout noise and context; they share only the
 order of training images. Adam acts elementwise, so one Adam over the stacked weights is K independent
 Adams. Gains come where single small models leave the device idle (GPU kernel-launch overhead);
-bench/pixelcnn_group.py measures them.
+bench/pixelcnn_group.py measures them. The library does not use this (only bench/ does), so it lives here.
 
     group = PixelCNNGroup([PixelCNNpp(...) for _ in range(K)])
-    train_pixelcnn_group(group, images, contexts, workdir, steps)   # contexts: [N, K, *context_shape]
+    train_pixelcnn_group(group, images, contexts, workdir, config)  # contexts: [N, K, *context_shape]
     models = group.unstack()                                         # K ordinary PixelCNNpp
 """
 
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from inversion.pixelcnn import PixelCNNpp
+from inversion.models.pixelcnn import PixelCNNConfig, PixelCNNpp
+from inversion.training import TrainConfig, TrainResult, fit
 
 
 class PixelCNNGroup(nn.Module):
@@ -60,15 +61,15 @@ class PixelCNNGroup(nn.Module):
         t = self.template
         t.train(self.training)
         device, dtype = self.stacked[0].device, self.stacked[0].dtype
-        x = t._check_images(x).to(device)
+        x = t.check_images(x).to(device)
         if contexts is not None:
             if contexts.dim() < 2 or contexts.shape[1] != self.k:
                 raise ValueError(f"contexts must be [N, {self.k}, *context_shape] (one per model), got {list(contexts.shape)}")
             for k in range(self.k):
-                t._check_context(contexts[:, k], len(x))
+                t.check_context(contexts[:, k], len(x))
             contexts = contexts.to(device, dtype).movedim(1, 0)
         elif t.context_shape is not None:
-            t._check_context(None, len(x))  # raises: these models need contexts
+            t.check_context(None, len(x))  # raises: these models need contexts
 
         def run(params, ctx):
             return functional_call(self._template[0], params, (x, ctx))
@@ -108,13 +109,11 @@ class _SubPixelLogProb(nn.Module):
         return self.model.sub_pixel_log_prob(x, context)
 
 
-def train_pixelcnn_group(group: PixelCNNGroup, images, contexts, workdir, steps, batch_size=32, lr=1e-3,
-                         lr_decay=0.9999, bf16=False, seed=0, device=None, progress=True, checkpoint_every=500,
-                         desc="pixelcnn group"):
-    """Like inversion.pixelcnn.train_pixelcnn, for a group: the loss is the sum of the K models' mean
-    nats per image, so each model receives exactly its own gradient. Resumable (inversion.training.fit)."""
-    from inversion.training import TrainConfig, fit
-
+def train_pixelcnn_group(group: PixelCNNGroup, images, contexts, workdir, config: PixelCNNConfig, *, device=None,
+                         progress=True, checkpoint_every=500, desc="pixelcnn group") -> TrainResult:
+    """Like inversion.models.pixelcnn.train_pixelcnn (no validation), for a group: the loss is the sum of the
+    K models' mean nats per image, so each model receives exactly its own gradient. Resumable
+    (inversion.training.fit)."""
     conditional = contexts is not None
     data = [images, contexts] if conditional else [images]
 
@@ -125,6 +124,7 @@ def train_pixelcnn_group(group: PixelCNNGroup, images, contexts, workdir, steps,
     def on_start(g, batch):
         g.data_init(batch[0], batch[1] if conditional else None)
 
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, adam_betas=(0.95, 0.9995),
-                      checkpoint_every=checkpoint_every, bf16=bf16, seed=seed, progress=progress)
-    return fit(group, loss_fn, data, cfg, workdir, on_start=on_start, device=device, desc=desc)
+    loop = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, lr_decay=config.lr_decay,
+                       adam_betas=(0.95, 0.9995), checkpoint_every=checkpoint_every, bf16=config.bf16,
+                       seed=config.seed, progress=progress)
+    return fit(group, loss_fn, data, loop, workdir, on_start=on_start, device=device, desc=desc)

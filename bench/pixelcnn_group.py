@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))  # runnable without installing
 
-from inversion.pixelcnn import PixelCNNpp  # noqa: E402
-from inversion.pixelcnn_group import PixelCNNGroup  # noqa: E402
+from grouped_pixelcnn import PixelCNNGroup  # noqa: E402  (bench/, beside this file)
+from inversion.models.pixelcnn import PixelCNNpp  # noqa: E402
 from inversion.provenance import provenance  # noqa: E402
 
 

@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))  # runnable without installing
 
-from inversion.pixelcnn import PixelCNNpp  # noqa: E402
+from inversion.models.pixelcnn import PixelCNNpp  # noqa: E402
+from inversion.models.sampling import CachedGraph, draw  # noqa: E402
 from inversion.provenance import provenance  # noqa: E402
 
 CONFIGS = {
@@ -85,17 +86,21 @@ def stage_model(model_dir, n, device):
     """A trained inversion model from the stage cache (a cache/<set>/inversion-<key> folder) and the real
     contexts it was trained for: the layer's activations of the first ``n`` test images, computed with the
     classifier the stage consumed. Returns (model config, model, contexts)."""
-    from inversion import data, stages
+    from inversion import data
+    from inversion.models.classifier import compute_features, load_classifier
+    from inversion.pipeline.cache import Result
+    from inversion.pipeline.common import load_inversion
 
     d = Path(model_dir)
     info = json.loads((d / "result.json").read_text())
     if info.get("stage") != "inversion":
         raise SystemExit(f"{d} is not an inversion stage result (its result.json says stage={info.get('stage')!r})")
-    model = stages.load_inversion(stages.Result(d), device)
-    clf_res = stages.Result(d.parent / info["deps"]["classifier"])
-    clf = stages.load_classifier(clf_res, device)
-    x, _ = data.load(clf_res.config["dataset"], "test")
-    h = stages._features(clf, x[:n], info["config"]["layer"], device).to(device)
+    model = load_inversion(Result(d)).to(device)
+    clf_dir = d.parent / info["deps"]["classifier"]
+    clf = load_classifier(clf_dir, "model.pt", device=device).eval()
+    dataset = json.loads((clf_dir / "result.json").read_text())["config"]["dataset"]
+    x, _ = data.load(dataset, "test")
+    h = compute_features(clf, x[:n], info["config"]["layer"], device=device).to(device)
     return model.config, model, h
 
 
@@ -226,38 +231,39 @@ def time_sampling(cfg, device, n, method, checkpoint=None, contexts=None, naive_
         if method == "naive":
             pixels = H * W if naive_pixels is None else min(naive_pixels, H * W)
             x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-            model.forward(model._scale(x), h)  # warm-up
+            model.forward(model.scale(x), h)  # warm-up
             sync(device)
             t0 = time.perf_counter()
             for i in range(pixels):
                 r, c = divmod(i, W)
-                out = model.forward(model._scale(x), h)
-                x[:, :, r, c] = model._sample_from_output(out[:, :, r : r + 1, c : c + 1],
-                                                          noise[:, :, r : r + 1, c : c + 1])[:, :, 0, 0]
+                out = model.forward(model.scale(x), h)
+                x[:, :, r, c] = model.draw_from_output(out[:, :, r : r + 1, c : c + 1],
+                                                       noise[:, :, r : r + 1, c : c + 1])[:, :, 0, 0]
             sync(device)
             dt = (time.perf_counter() - t0) * (H * W) / pixels
             return dict(images_per_s=n / dt, n=n, seconds=dt, passes=H * W, extrapolated_from_pixels=pixels), None
         if method == "cached_graphs":  # recorded once for this batch size (timed apart), then replayed
-            from inversion.pixelcnn_cached import CachedGraph
+            from cuda_graph_sampler import record  # bench/, beside this file
 
             graph = CachedGraph(model)
             t0 = time.perf_counter()
-            graph.sample(h, noise, cuda_graphs=True)
+            recording = record(graph, h, noise)
+            recording.replay(h, noise)
             sync(device)
             first = time.perf_counter() - t0
             t0 = time.perf_counter()
-            images = graph.sample(h, noise, cuda_graphs=True)
+            images = recording.replay(h, noise).clone()
             sync(device)
             dt = time.perf_counter() - t0
             return dict(images_per_s=n / dt, n=n, seconds=dt, passes=None, recording_s=first), images.cpu()
-        model.sample(h[:2], noise=noise[:2], method=method)  # warm-up
+        draw(model, h[:2], noise=noise[:2], method=method)  # warm-up
         sync(device)
         t0 = time.perf_counter()
-        images = model.sample(h, noise=noise, method=method)
+        drawn = draw(model, h, noise=noise, method=method)
         sync(device)
         dt = time.perf_counter() - t0
-        passes = model.last_sample_passes if method == "fixed_point" else None  # cached: each activation once
-        return dict(images_per_s=n / dt, n=n, seconds=dt, passes=passes), images.cpu()
+        # network passes: the fixed point's count; None for the cached sampler (each activation once)
+        return dict(images_per_s=n / dt, n=n, seconds=dt, passes=drawn.network_passes), drawn.images.cpu()
 
 
 def main(argv=None):

@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))  # runnable without installing
 
-from inversion import bounds, classifier, data, pixelcnn  # noqa: E402
+from inversion import bounds, data  # noqa: E402
+from inversion.models import classifier, pixelcnn  # noqa: E402
 from inversion.provenance import provenance  # noqa: E402
 
 
@@ -55,7 +56,8 @@ def main(argv=None):
     torch.manual_seed(0)
     clf = classifier.Classifier((1, 28, 28), "conv").to(dev)
     classifier.train_classifier(clf, (train_x, train_y), (valid_x, valid_y), work / "classifier",
-                                steps=args.classifier_steps, eval_every=500, patience=0, device=dev)
+                                classifier.ClassifierConfig(steps=args.classifier_steps, eval_every=500, patience=0),
+                                device=dev)
     acc = classifier.accuracy(clf, test_x, test_y, device=dev)
     h_train = classifier.compute_features(clf, train_x, "fc3", device=dev)
     h_test = classifier.compute_features(clf, test_x, "fc3", device=dev)
@@ -69,8 +71,9 @@ def main(argv=None):
         torch.manual_seed(0)
         model = pixelcnn.PixelCNNpp((1, 28, 28), None if ctx_train is None else (256,), n_filters=args.n_filters,
                                     n_resnet=args.n_resnet, likelihood="softmax", dropout=args.dropout).to(dev)
-        run = pixelcnn.train_pixelcnn(model, train_x, ctx_train, work / (name + args.tag), steps=args.pixelcnn_steps,
-                                      batch_size=args.batch_size, bf16=args.bf16, device=dev, desc=name)
+        config = pixelcnn.PixelCNNConfig(steps=args.pixelcnn_steps, batch_size=args.batch_size, bf16=args.bf16)
+        run = pixelcnn.train_pixelcnn(model, train_x, ctx_train, work / (name + args.tag), config, device=dev,
+                                      desc=name)
         lp = bounds.per_image_log_prob(model, test_x, ctx_test, batch_size=500, device=dev)
         results[name] = dict(nce=bounds.summarize(lp, dims=28 * 28).as_dict(), train_seconds=run.seconds,
                              train_images_per_second=args.pixelcnn_steps * args.batch_size / run.seconds,

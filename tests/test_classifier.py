@@ -1,5 +1,7 @@
 """inversion.classifier: architectures of Appendix A / §5.2, feature taps, and resumable training (§5.3)."""
 
+import inspect
+import re
 import signal
 import subprocess
 import sys
@@ -10,9 +12,10 @@ import pytest
 import torch
 
 from inversion import data
-from inversion.classifier import (
+from inversion.models.classifier import (
     ARCHS,
     Classifier,
+    ClassifierConfig,
     accuracy,
     compute_features,
     feature_shapes,
@@ -169,11 +172,36 @@ def test_bad_training_arguments(tmp_path):
     model = Classifier(MNIST)
     x, y = random_images(8, MNIST), torch.zeros(8, dtype=torch.int64)
     with pytest.raises(ValueError, match="overfit_n"):
-        train_classifier(model, (x, y), None, tmp_path, steps=1, overfit_n=9, progress=False)
+        train_classifier(model, (x, y), None, tmp_path, ClassifierConfig(steps=1, overfit_n=9), progress=False)
     with pytest.raises(ValueError, match="shape"):
-        train_classifier(model, (random_images(8, CIFAR), y), None, tmp_path, steps=1, progress=False)
+        train_classifier(model, (random_images(8, CIFAR), y), None, tmp_path, ClassifierConfig(steps=1), progress=False)
     with pytest.raises(ValueError, match="snapshot_steps"):
-        train_classifier(model, (x, y), None, tmp_path, steps=1, snapshot_steps=(2.5,), progress=False)
+        ClassifierConfig(steps=1, snapshot_steps=(2.5,))
+
+
+def test_config_rejects_bad_values_naming_the_field():
+    bad = [("arch", "resnet"), ("n_filters", (32,)), ("n_filters", (0, 4)), ("n_filters", 32), ("fc_units", 0),
+           ("dropout", 1.0), ("dropout", (0.1, 0.2)), ("dropout", (0.1, 0.2, -0.1)), ("dropout", "0.5"),
+           ("steps", -1), ("batch_size", 0), ("lr", -1e-3), ("eval_every", -1), ("patience", -1),
+           ("overfit_n", 0), ("overfit_n", 1.5), ("snapshot_steps", (-1,)), ("snapshot_steps", 100),
+           ("steps", "10"), ("batch_size", True), ("seed", 0.5)]
+    for name, value in bad:
+        with pytest.raises(ValueError, match=rf"ClassifierConfig\.{name} must be .*, got {re.escape(repr(value))}"):
+            ClassifierConfig(**{name: value})
+    # lists (as read from JSON or YAML) become tuples; 1e4 is a whole number of steps
+    c = ClassifierConfig(n_filters=[8, 16], dropout=[0.1, 0.1, 0.2], snapshot_steps=[0, 1e4])
+    assert c.n_filters == (8, 16) and c.dropout == (0.1, 0.1, 0.2) and c.snapshot_steps == (0, 1e4)
+    assert ClassifierConfig(dropout=0.3).dropout == 0.3
+
+
+def test_constructor_defaults_are_the_config_defaults():
+    params = inspect.signature(Classifier.__init__).parameters
+    config = ClassifierConfig()
+    assert {name: params[name].default for name in ClassifierConfig.ARCHITECTURE} == config.architecture()
+    assert config.architecture() == dict(arch="conv", n_filters=None, fc_units=256, dropout=(0.25, 0.25, 0.5))
+    assert params["n_classes"].default == 10 and params["hidden_units"].default == 2048  # constructor-only
+    model = Classifier.from_config(CIFAR, ClassifierConfig(arch="fc", fc_units=32, dropout=0.1))
+    assert model.config == Classifier(CIFAR, arch="fc", fc_units=32, dropout=0.1).config
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -192,8 +220,8 @@ def small_data(n, seed=0):
 def test_snapshots_and_best_weights(tmp_path):
     model = small_model()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    result = train_classifier(model, small_data(64), small_data(32, seed=1), tmp_path, steps=12, batch_size=8,
-                              eval_every=4, patience=0, snapshot_steps=(0, 5, 1e1), progress=False)
+    config = ClassifierConfig(steps=12, batch_size=8, eval_every=4, patience=0, snapshot_steps=(0, 5, 1e1))
+    result = train_classifier(model, small_data(64), small_data(32, seed=1), tmp_path, config, progress=False)
     assert result.step == 12
     assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_0.pt", "step_10.pt", "step_5.pt"]
     snaps = {k: torch.load(tmp_path / f"step_{k}.pt") for k in (0, 5, 10)}
@@ -212,7 +240,7 @@ def test_snapshots_and_best_weights(tmp_path):
 
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys, torch
-    from inversion.classifier import Classifier, train_classifier
+    from inversion.models.classifier import Classifier, ClassifierConfig, train_classifier
     saved = torch.load(sys.argv[1])
     torch.manual_seed(0)
     model = Classifier((1, 16, 16), n_filters=(4, 4), fc_units=16)
@@ -224,15 +252,16 @@ KILLED_RUN = textwrap.dedent("""
             if calls == int(sys.argv[3]):  # inside training step sys.argv[3] - 1, mid-way between checkpoints
                 os.kill(os.getpid(), signal.SIGKILL)
     model.register_forward_pre_hook(kill_during_step)
-    train_classifier(model, saved["train"], saved["valid"], sys.argv[2], **saved["kwargs"])
+    train_classifier(model, saved["train"], saved["valid"], sys.argv[2], ClassifierConfig(**saved["config"]),
+                     **saved["kwargs"])
 """)
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
-    kwargs = dict(steps=30, batch_size=8, eval_every=5, patience=0, checkpoint_every=10, snapshot_steps=(15, 25),
-                  progress=False)
+    config = dict(steps=30, batch_size=8, eval_every=5, patience=0, snapshot_steps=(15, 25))
+    kwargs = dict(checkpoint_every=10, progress=False)
     train, valid = small_data(96), small_data(32, seed=1)
-    torch.save(dict(train=train, valid=valid, kwargs=kwargs), tmp_path / "data.pt")
+    torch.save(dict(train=train, valid=valid, config=config, kwargs=kwargs), tmp_path / "data.pt")
 
     killed = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "data.pt"), str(killed), "18"],
@@ -242,9 +271,10 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert (killed / "step_15.pt").exists() and not (killed / "step_25.pt").exists()
 
     resumed_model = small_model(seed=123)  # its initial weights are overwritten by the checkpoint
-    resumed = train_classifier(resumed_model, train, valid, killed, **kwargs)
+    resumed = train_classifier(resumed_model, train, valid, killed, ClassifierConfig(**config), **kwargs)
     reference_model = small_model(seed=0)
-    reference = train_classifier(reference_model, train, valid, tmp_path / "uninterrupted", **kwargs)
+    reference = train_classifier(reference_model, train, valid, tmp_path / "uninterrupted", ClassifierConfig(**config),
+                                 **kwargs)
 
     assert resumed.step == reference.step == 30
     assert [(r["step"], r["score"]) for r in resumed.history] == [(r["step"], r["score"]) for r in reference.history]
@@ -269,7 +299,8 @@ def test_overfit_mode_uses_first_n_examples_without_dropout(tmp_path):
             seen.update(args[0][:, 0, 0, 0].tolist())
 
     model.register_forward_pre_hook(record)
-    train_classifier(model, (images, labels), None, tmp_path, steps=20, batch_size=4, overfit_n=n, progress=False)
+    train_classifier(model, (images, labels), None, tmp_path, ClassifierConfig(steps=20, batch_size=4, overfit_n=n),
+                     progress=False)
     assert seen == set(range(n))
     assert model.config["dropout"] == [0.0, 0.0, 0.0]
     assert [m.p for m in (model.drop1, model.drop2, model.drop3)] == [0.0, 0.0, 0.0]
@@ -288,8 +319,8 @@ def test_short_mnist_run_reaches_97_percent(tmp_path):
     model = Classifier(MNIST)
     # 800 Adam steps of 64 (~0.9 epoch); lr 2e-3 rather than the paper's 3e-4 so that this fits in seconds.
     t0 = time.perf_counter()
-    result = train_classifier(model, train, (valid[0][:1000], valid[1][:1000]), tmp_path, steps=800, batch_size=64,
-                              lr=2e-3, eval_every=200, patience=0, progress=False)
+    config = ClassifierConfig(steps=800, batch_size=64, lr=2e-3, eval_every=200, patience=0)
+    result = train_classifier(model, train, (valid[0][:1000], valid[1][:1000]), tmp_path, config, progress=False)
     acc = accuracy(model, *test)
     print(f"\nMNIST conv: test accuracy {acc:.4f} after {result.step} steps (best valid step {result.best_step}), "
           f"training {result.seconds:.1f}s, total {time.perf_counter() - t0:.1f}s")

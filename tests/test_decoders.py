@@ -1,11 +1,14 @@
 """inversion.decoders: the MSE up-sampling decoder baseline x_hat = f(h) (eq. 3, Dosovitskiy & Brox 2016)."""
 
+import inspect
+import re
+
 import pytest
 import torch
 
 from inversion import data
-from inversion.classifier import Classifier, compute_features
-from inversion.decoders import MSEDecoder, evaluate_mse, load_decoder, train_decoder
+from inversion.models.classifier import Classifier, compute_features
+from inversion.models.decoders import DecoderConfig, MSEDecoder, evaluate_mse, load_decoder, train_decoder
 
 SHAPES = [
     ((256,), (1, 28, 28)),  # MNIST FC3
@@ -75,8 +78,8 @@ def test_training_beats_the_mean_image(mnist_small, tmp_path):
         torch.manual_seed(0)
         h, hv = encode(train_x), encode(valid_x)
         decoder = MSEDecoder(h.shape[1:], (1, 28, 28), n_filters=16)
-        result = train_decoder(decoder, h, train_x, tmp_path / name, steps=150, batch_size=32, lr=2e-3,
-                               valid=(hv, valid_x), eval_every=50, patience=0, progress=False)
+        config = DecoderConfig(steps=150, batch_size=32, lr=2e-3, eval_every=50, patience=0)
+        result = train_decoder(decoder, h, train_x, tmp_path / name, config, valid=(hv, valid_x), progress=False)
         final = evaluate_mse(decoder, h, train_x)
         print(f"\n{name}: train MSE {final:.4f} vs mean image {mean_image_mse:.4f} ({result.seconds:.1f}s)")
         assert final < 0.5 * mean_image_mse, name
@@ -97,7 +100,7 @@ def test_training_beats_the_mean_image(mnist_small, tmp_path):
         (lambda d: MSEDecoder((4, 4), (1, 12, 12)), "context_shape"),
         (lambda d: MSEDecoder((8,), (12, 12)), "image_shape"),
         (lambda d: train_decoder(d, torch.randn(4, 8), torch.zeros(3, 1, 12, 12, dtype=torch.uint8), "/nonexistent",
-                                 steps=1), "4 contexts but 3 images"),
+                                 DecoderConfig(steps=1)), "4 contexts but 3 images"),
     ],
 )
 def test_bad_inputs(make, match):
@@ -113,7 +116,8 @@ def test_resumed_training_matches_uninterrupted(tmp_path):
     def run(workdir, steps, seed):
         torch.manual_seed(seed)
         decoder = MSEDecoder((8,), (1, 12, 12), n_filters=4)
-        train_decoder(decoder, h, images, workdir, steps=steps, batch_size=8, checkpoint_every=5, progress=False)
+        train_decoder(decoder, h, images, workdir, DecoderConfig(steps=steps, batch_size=8), checkpoint_every=5,
+                      progress=False)
         return decoder
 
     run(tmp_path / "a", 10, seed=0)
@@ -122,4 +126,19 @@ def test_resumed_training_matches_uninterrupted(tmp_path):
     for k, v in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
     with pytest.raises(ValueError, match="different run"):
-        train_decoder(MSEDecoder((8,), (1, 12, 12), n_filters=5), h, images, tmp_path / "a", steps=30, progress=False)
+        train_decoder(MSEDecoder((8,), (1, 12, 12), n_filters=5), h, images, tmp_path / "a", DecoderConfig(steps=30),
+                      progress=False)
+
+
+def test_config_rejects_bad_values_naming_the_field():
+    bad = [("n_filters", 0), ("steps", -1), ("batch_size", 0), ("lr", 0), ("eval_every", -5), ("patience", -1),
+           ("steps", 2.5), ("batch_size", "64"), ("n_filters", False), ("seed", None)]
+    for name, value in bad:
+        with pytest.raises(ValueError, match=rf"DecoderConfig\.{name} must be .*, got {re.escape(repr(value))}"):
+            DecoderConfig(**{name: value})
+    DecoderConfig(steps=0, eval_every=0, patience=0, lr=1)  # the boundaries are fine
+
+
+def test_constructor_default_is_the_config_default():
+    assert inspect.signature(MSEDecoder.__init__).parameters["n_filters"].default == DecoderConfig.n_filters == 64
+    assert MSEDecoder.from_config((8,), (1, 12, 12), DecoderConfig(n_filters=5)).config["n_filters"] == 5

@@ -1,10 +1,15 @@
 """Several PixelCNN++ models trained at once behave exactly like the same models trained one by one."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from inversion.pixelcnn import PixelCNNpp, train_pixelcnn
-from inversion.pixelcnn_group import PixelCNNGroup, train_pixelcnn_group
+from inversion.models.pixelcnn import PixelCNNConfig, PixelCNNpp, train_pixelcnn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the grouped trainer lives in bench/
+from grouped_pixelcnn import PixelCNNGroup, train_pixelcnn_group  # noqa: E402
 
 
 def models(k, context_shape=(3,), seed=0):
@@ -26,11 +31,12 @@ def test_group_log_prob_equals_each_model():
 def test_group_training_equals_training_one_by_one(tmp_path):
     x = torch.randint(0, 256, (48, 1, 6, 6), dtype=torch.uint8)
     h = torch.randn(48, 2, 3, dtype=torch.float64)
+    config = PixelCNNConfig(steps=5, batch_size=16)
     singles = models(2)
     for k, m in enumerate(singles):
-        train_pixelcnn(m, x, h[:, k], tmp_path / f"single{k}", steps=5, batch_size=16, progress=False)
+        train_pixelcnn(m, x, h[:, k], tmp_path / f"single{k}", config, progress=False)
     g = PixelCNNGroup(models(2))
-    train_pixelcnn_group(g, x, h, tmp_path / "group", steps=5, batch_size=16, progress=False)
+    train_pixelcnn_group(g, x, h, tmp_path / "group", config, progress=False)
     for single, grouped in zip(singles, g.unstack()):
         for (name, a), b in zip(single.state_dict().items(), grouped.state_dict().values()):
             assert torch.allclose(a, b, rtol=0, atol=1e-9), name

@@ -1,14 +1,18 @@
-"""Conditional PixelCNN++: causality, normalisation, sampling, conditioning, numerics, input checks."""
+"""Conditional PixelCNN++: causality, normalisation, sampling, conditioning, numerics, input checks, config."""
 
+import inspect
 import itertools
+import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
-from inversion.pixelcnn import PixelCNNpp, _WeightNormed
+from inversion.models.pixelcnn import PixelCNNConfig, PixelCNNpp, _WeightNormed, train_pixelcnn
+from inversion.models.sampling import draw, sample
 
 CASES = [("softmax", 1), ("softmax", 3), ("logistic_mixture", 3), ("logistic_mixture", 1)]
 CONTEXTS = [None, (5,), (4, 3, 3)]
@@ -109,7 +113,7 @@ def brute_force_mixture_probs(m, x, pos):
     """P(x_c = v | x_<c, earlier pixels) for v = 0..255 at pixel ``pos``, from plain sigmoid differences."""
     i, j = pos
     with torch.no_grad():
-        out = m.forward(m._scale(x), None)[:, :, i, j]
+        out = m.forward(m.scale(x), None)[:, :, i, j]
     K, C = m.n_mixtures, m.image_shape[0]
     logits = out[0, :K]
     p = out[0, K:].reshape(K, 2 * C + C * (C - 1) // 2)
@@ -202,10 +206,12 @@ def test_fixed_point_sampler_equals_naive(likelihood, C, context_shape):
     g = torch.Generator().manual_seed(3)
     noise = m.draw_noise(6, g)
     h = random_context(context_shape, 6)
-    a = m.sample(h, n=6, noise=noise, method="naive")
-    b = m.sample(h, n=6, noise=noise, method="fixed_point")
-    assert a.dtype == torch.uint8 and a.shape == (6, C, 5, 4)
-    assert torch.equal(a, b)
+    a = draw(m, h, n=6, noise=noise, method="naive")
+    b = draw(m, h, n=6, noise=noise, method="fixed_point")
+    assert a.images.dtype == torch.uint8 and a.images.shape == (6, C, 5, 4)
+    assert torch.equal(a.images, b.images)
+    assert a.network_passes == 5 * 4 and 1 <= b.network_passes <= 5 * 4 + 1
+    a = a.images
     assert len(torch.unique(a)) > 10  # not a degenerate all-equal image
 
 
@@ -237,7 +243,7 @@ def test_samples_follow_log_prob(likelihood, C, method):
     with torch.no_grad():
         m.out.g.mul_(0.1)  # back to moderately spread distributions
     n = 6000
-    samples = m.sample(n=n, generator=torch.Generator().manual_seed(5), method=method)
+    samples = sample(m, n=n, generator=torch.Generator().manual_seed(5), method=method)
     # First sub-pixel: its probabilities need no prefix.
     base = torch.zeros(256, *shape, dtype=torch.uint8)
     base[:, 0, 0, 0] = torch.arange(256, dtype=torch.uint8)
@@ -298,7 +304,7 @@ def test_fresh_model_works_without_init_call():
     h = torch.randn(2, 3)
     lp = m.log_prob(torch.zeros(2, 1, 6, 6, dtype=torch.uint8), h)
     assert lp.shape == (2,) and torch.isfinite(lp).all()
-    s = m.sample(h)
+    s = sample(m, h)
     assert s.shape == (2, 1, 6, 6) and s.dtype == torch.uint8
     assert m.training  # sample() restores the mode it found
 
@@ -306,8 +312,6 @@ def test_fresh_model_works_without_init_call():
 @pytest.mark.parametrize("context_shape", [(4,), (3, 4, 4)])
 def test_conditioning_matters_after_training(tmp_path, context_shape):
     """Trained on (x, h) pairs where h determines x up to noise, log p(x | h) beats a shuffled h."""
-    from inversion.pixelcnn import train_pixelcnn
-
     g = torch.Generator().manual_seed(0)
     n, shape = 512, (1, 8, 8)
     cls = torch.randint(0, 4, (n,), generator=g)
@@ -323,7 +327,7 @@ def test_conditioning_matters_after_training(tmp_path, context_shape):
     else:
         h = torch.nn.functional.avg_pool2d(templates[cls].float(), 2).repeat(1, 3, 1, 1)
     m = PixelCNNpp(shape, context_shape, n_filters=16, n_resnet=1, dropout=0.0)
-    train_pixelcnn(m, x[:448], h[:448], tmp_path, steps=150, batch_size=32, lr=3e-3, progress=False)
+    train_pixelcnn(m, x[:448], h[:448], tmp_path, PixelCNNConfig(steps=150, batch_size=32, lr=3e-3), progress=False)
     m.eval()
     xt, ht = x[448:], h[448:]
     perm = torch.roll(torch.arange(len(ht)), 1)
@@ -335,8 +339,6 @@ def test_conditioning_matters_after_training(tmp_path, context_shape):
 
 
 def test_training_resumes_after_kill(tmp_path):
-    from inversion.pixelcnn import train_pixelcnn
-
     x = torch.randint(0, 256, (64, 1, 6, 6), dtype=torch.uint8)
     h = torch.randn(64, 3)
 
@@ -344,12 +346,15 @@ def test_training_resumes_after_kill(tmp_path):
         torch.manual_seed(0)
         return PixelCNNpp((1, 6, 6), (3,), n_filters=8, n_resnet=1)
 
+    def config(steps):
+        return PixelCNNConfig(steps=steps, batch_size=16)
+
     a = model()
-    train_pixelcnn(a, x, h, tmp_path / "a", steps=6, batch_size=16, progress=False, checkpoint_every=2)
+    train_pixelcnn(a, x, h, tmp_path / "a", config(6), progress=False, checkpoint_every=2)
     b = model()
-    train_pixelcnn(b, x, h, tmp_path / "b", steps=3, batch_size=16, progress=False, checkpoint_every=2)
+    train_pixelcnn(b, x, h, tmp_path / "b", config(3), progress=False, checkpoint_every=2)
     b = model()  # a new process: fresh weights; state (data-initialised weights included) from the checkpoint
-    train_pixelcnn(b, x, h, tmp_path / "b", steps=6, batch_size=16, progress=False, checkpoint_every=2)
+    train_pixelcnn(b, x, h, tmp_path / "b", config(6), progress=False, checkpoint_every=2)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
 
@@ -382,11 +387,11 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="context_shape"):
         PixelCNNpp((1, 6, 6), context_shape=(2, 3))
     with pytest.raises(ValueError, match="noise"):
-        m.sample(ok_h, noise=torch.zeros(2, 1, 6, 6))
+        sample(m, ok_h, noise=torch.zeros(2, 1, 6, 6))
     with pytest.raises(ValueError, match="method"):
-        m.sample(ok_h, method="magic")
+        sample(m, ok_h, method="magic")
     with pytest.raises(ValueError, match="context .* or n"):
-        PixelCNNpp((1, 6, 6), n_filters=8, n_resnet=1).sample()
+        sample(PixelCNNpp((1, 6, 6), n_filters=8, n_resnet=1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -399,4 +404,49 @@ def test_cuda_matches_cpu():
         gpu = m.cuda().log_prob(x.cuda(), h.cuda()).cpu()
     assert torch.allclose(cpu, gpu, rtol=1e-4, atol=1e-2)
     noise = m.draw_noise(3, torch.Generator().manual_seed(0))
-    assert m.sample(h[:3].cuda(), noise=noise).shape == (3, 3, 8, 8)
+    assert sample(m, h[:3].cuda(), noise=noise).shape == (3, 3, 8, 8)
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_config_rejects_bad_values_naming_the_field():
+    bad = [("n_filters", 0), ("n_resnet", -1), ("n_resolutions", 0), ("n_mixtures", 0), ("likelihood", "gaussian"),
+           ("dropout", 1.0), ("dropout", -0.1), ("context_dropout", 1.5), ("steps", -1), ("batch_size", 0),
+           ("lr", 0.0), ("lr_decay", 0.0), ("lr_decay", 1.5), ("eval_every", -1), ("patience", -2),
+           ("n_filters", "64"), ("steps", True), ("batch_size", 32.0), ("bf16", 1), ("seed", None)]
+    for name, value in bad:
+        with pytest.raises(ValueError, match=rf"PixelCNNConfig\.{name} must be .*, got {re.escape(repr(value))}"):
+            PixelCNNConfig(**{name: value})
+    # the boundaries themselves are fine
+    PixelCNNConfig(steps=0, dropout=0.0, lr_decay=1.0, lr=1, n_filters=1, likelihood="logistic_mixture")
+    # the model's constructor runs the same checks
+    with pytest.raises(ValueError, match=r"PixelCNNConfig\.dropout"):
+        PixelCNNpp((1, 6, 6), dropout=1.0)
+
+
+def test_constructor_defaults_are_the_config_defaults():
+    """PixelCNNpp's keyword defaults are PixelCNNConfig's, so the two cannot drift apart; the architecture
+    fields are exactly the constructor's keywords after the shapes, and model.config keeps its keys."""
+    params = inspect.signature(PixelCNNpp.__init__).parameters
+    arch = PixelCNNConfig().architecture()
+    assert set(PixelCNNConfig.ARCHITECTURE) == set(params) - {"self", "image_shape", "context_shape"}
+    assert {name: params[name].default for name in PixelCNNConfig.ARCHITECTURE} == arch
+    assert arch == dict(n_filters=64, n_resnet=3, n_resolutions=3, likelihood="softmax", n_mixtures=10, dropout=0.5,
+                        context_dropout=0.0)
+    m = PixelCNNpp.from_config((1, 5, 5), (3,), PixelCNNConfig(n_filters=4, n_resnet=1, n_resolutions=2))
+    assert m.config == dict(image_shape=(1, 5, 5), context_shape=(3,), n_filters=4, n_resnet=1, likelihood="softmax",
+                            n_mixtures=10, dropout=0.5, context_dropout=0.0, n_resolutions=2)
+    assert PixelCNNpp(**m.config).config == m.config
+
+
+def test_run_config_leaves_out_steps_so_more_steps_resume(tmp_path):
+    """A toy stage trains one workdir in growing step counts: config.json must not hold the steps."""
+    x = torch.randint(0, 256, (16, 1, 4, 4), dtype=torch.uint8)
+    torch.manual_seed(0)
+    m = PixelCNNpp((1, 4, 4), None, n_filters=4, n_resnet=1, n_resolutions=1)
+    train_pixelcnn(m, x, None, tmp_path, PixelCNNConfig(steps=2, batch_size=8), progress=False)
+    r = train_pixelcnn(m, x, None, tmp_path, PixelCNNConfig(steps=4, batch_size=8), progress=False)
+    assert r.step == 4
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "steps" not in saved and saved["batch_size"] == 8 and saved["lr_decay"] == 0.9999
+    with pytest.raises(ValueError, match="different run"):  # but another learning rate is another run
+        train_pixelcnn(m, x, None, tmp_path, PixelCNNConfig(steps=6, batch_size=8, lr=5e-3), progress=False)

@@ -1,9 +1,11 @@
 """The shared training loop: exact resume, snapshots, early stopping, clear failures."""
 
+import json
+
 import pytest
 import torch
 
-from inversion.training import TrainConfig, batch_indices, fit, load_weights
+from inversion.training import TrainConfig, batch_indices, fit, load_weights, write_run_config
 
 X = torch.randn(500, 5, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0] > 0).long()
@@ -23,7 +25,7 @@ def accuracy(m):
 
 
 def cfg(**kw):
-    base = dict(steps=100, batch_size=32, eval_every=20, checkpoint_every=10, snapshot_steps=(0, 50), progress=False)
+    base = dict(steps=100, batch_size=32, lr=1e-3, eval_every=20, checkpoint_every=10, snapshot_steps=(0, 50), progress=False)
     return TrainConfig(**(base | kw))
 
 
@@ -85,3 +87,20 @@ def test_bad_inputs_and_non_finite_loss(tmp_path):
         fit(model(), nan_loss, [X, Y], cfg(), tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="train first"):
         load_weights(model(), tmp_path / "missing.pt")
+
+
+def test_loop_settings_have_no_model_defaults():
+    """What to train for how long at which rate belongs to each model's config: the loop has no opinion."""
+    for missing in ("steps", "batch_size", "lr"):
+        with pytest.raises(TypeError, match=missing):
+            TrainConfig(**{k: v for k, v in dict(steps=1, batch_size=2, lr=0.1).items() if k != missing})
+
+
+def test_run_config_written_atomically_and_guarded(tmp_path):
+    write_run_config(tmp_path, dict(model=dict(a=(1, 2)), lr=0.1))
+    assert json.loads((tmp_path / "config.json").read_text()) == dict(model=dict(a=[1, 2]), lr=0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # no temporary file left behind
+    write_run_config(tmp_path, dict(model=dict(a=[1, 2]), lr=0.2))  # no checkpoint yet: a new run may replace it
+    (tmp_path / "state.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="different run"):
+        write_run_config(tmp_path, dict(model=dict(a=[1, 2]), lr=0.3))

@@ -67,7 +67,7 @@ class ClassifierConfig:
     eval_every: int = 500
     patience: int = 10
     overfit_n: int | None = None
-    snapshot_steps: tuple[float, ...] = ()
+    snapshot_steps: tuple[int, ...] = ()  # whole numbers; floats such as 1e4 are accepted from Python
     seed: int = 0
 
     def __post_init__(self):

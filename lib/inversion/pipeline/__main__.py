@@ -50,11 +50,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return ap
 
 
+def _default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return repr(f.default_factory())
+    return "<required>"
+
+
 def _describe_stages() -> str:
     lines = []
     for s in STAGES.values():
-        fields = ", ".join(f"{f.name}={'<required>' if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING else (f.default if f.default is not dataclasses.MISSING else f.default_factory())!r}"  # noqa: E501
-                           for f in dataclasses.fields(s.config))
+        fields = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(s.config))
         deps = f" <- {', '.join(s.deps)}" if s.deps else ""
         lines.append(f"{s.name} (v{s.version}){deps}: {s.doc.splitlines()[0] if s.doc else ''}\n    {fields}")
     return "\n".join(lines)

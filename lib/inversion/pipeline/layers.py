@@ -31,7 +31,7 @@ from inversion.models.classifier import Classifier, ClassifierConfig, accuracy, 
     train_classifier
 from inversion.models.decoders import DecoderConfig, MSEDecoder, evaluate_mse, train_decoder
 from inversion.models.pixelcnn import PixelCNNConfig, PixelCNNpp, train_pixelcnn
-from inversion.models.sampling import SAMPLING_METHODS, draw
+from inversion.models.sampling import METHODS as SAMPLING_METHODS, draw
 from inversion.pipeline.cache import Context, Ref, ref, stage
 from inversion.pipeline.common import features, features_and_logits, first, load_classifier, load_inversion, \
     load_split, test_split

@@ -42,7 +42,10 @@ def load_params(spec="quick", overrides: Mapping | None = None) -> Params:
     if "estimators" in P and "dynamics" not in P:
         raise ConfigError(f"{P.source or P.name}: estimators: needs a dynamics section (it runs on its snapshots)")
     if "estimators" in P:
-        estimators.estimators_plan(P)  # the sweep's regime and step must name a dynamics regime and checkpoint
+        try:  # the sweep's regime and step must name a dynamics regime and checkpoint
+            estimators.estimators_plan(P)
+        except ConfigError as e:
+            raise ConfigError(f"{'override' if overrides else P.source or P.name}: {e}") from None
     return P
 
 

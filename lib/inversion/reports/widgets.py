@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from inversion.figures import dataset_label, layer_label
+from inversion.reports.common import dataset_label, layer_label
 
 SCRUBBER_CLASS = "inversion-scrubber"
 
@@ -121,7 +121,7 @@ def scrubber(panels: Mapping[str, Mapping], scale: int = 4, interval_ms: int = 3
 
 
 def panels_from_results(per_dataset: Mapping[str, Mapping], n_images: int) -> dict:
-    """Scrubber panels from the layers chapter's results: {dataset: layers(...) result dict}."""
+    """Scrubber panels from the layers chapter's results: {dataset: pipeline.layers(...) result dict}."""
     from inversion import data
 
     out = {}

@@ -1,15 +1,19 @@
-"""inversion.estimator_stages (the appendix on other estimators): the two stages on a tiny classifier, the
-plan's wiring onto the training-dynamics plan, configuration errors, and the helpers the chapter uses."""
+"""inversion.pipeline.estimators (the appendix on other estimators): the two stages on a tiny classifier, the
+plan's wiring onto the training-dynamics plan, configuration errors, and its helpers."""
 
 import math
 
 import numpy as np
 import pytest
 
-from inversion import estimator_figures as EF
-from inversion import estimator_stages as ES
-from inversion import stages
-from inversion.stages import Cache, Params, ref
+from inversion import pipeline
+from inversion.pipeline import estimators as ES
+from inversion.pipeline.cache import Cache, iter_refs, ref
+from inversion.pipeline.dynamics import dynamics_plan
+from inversion.pipeline.layers import CLASSIFIER
+from inversion.pipeline.params import Params
+from inversion.pipeline.plans import plan as full_plan
+from inversion.pipeline.schema import ConfigError
 
 N_TEST = 64
 
@@ -19,14 +23,14 @@ def tiny(tmp_path_factory):
     """A cache with a 5-step MNIST classifier (untrained enough to be fast, trained enough to be a network)."""
     cache = Cache(Params("unit-estimators", {}), root=tmp_path_factory.mktemp("cache"), device="cpu",
                   log=lambda m: None)
-    clf = ref("classifier", {"dataset": "mnist", "steps": 5, "n_train": 256, "eval_every": 5, "patience": 0,
+    clf = ref(CLASSIFIER, {"dataset": "mnist", "steps": 5, "n_train": 256, "eval_every": 5, "patience": 0,
                              "batch_size": 32})
     return cache, clf
 
 
 def test_estimates_stage_gives_every_estimator_within_its_bounds(tiny):
     cache, clf = tiny
-    res = {l: cache.result(ref("estimates", {"layer": l, "n_test": N_TEST}, classifier=clf))
+    res = {l: cache.result(ref(ES.ESTIMATES, {"layer": l, "n_test": N_TEST}, classifier=clf))
            for l in ("conv1", "logits")}
     log_n = math.log(N_TEST)
     for layer, dims in (("conv1", 32 * 12 * 12), ("logits", 10)):
@@ -45,7 +49,7 @@ def test_estimates_stage_gives_every_estimator_within_its_bounds(tiny):
 def test_sweep_stage_saturates_at_log_n_and_moves_with_its_knobs(tiny):
     cache, clf = tiny
     bins, variances, sizes = [1, 3, 30, 10000], [1e-3, 1e-1, 10.0, 1e3], [8, 16, 32, 64]
-    r = cache.result(ref("estimator_sweep", {"layer": "conv1", "n_test": N_TEST, "bins": bins,
+    r = cache.result(ref(ES.ESTIMATOR_SWEEP, {"layer": "conv1", "n_test": N_TEST, "bins": bins,
                                              "noise_vars": variances, "sizes": sizes}, classifier=clf))
     z = r.arrays("sweep.npz")
     assert list(z["bins"]) == bins and list(z["sizes"]) == sizes and np.allclose(z["noise_vars"], variances)
@@ -66,10 +70,10 @@ def test_sweep_stage_saturates_at_log_n_and_moves_with_its_knobs(tiny):
 
 
 def test_plan_builds_on_the_dynamics_plan():
-    P = stages.load_params("smoke")
-    plan, dyn = ES.estimators_plan(P), stages.dynamics_plan(P)
+    P = pipeline.load_params("smoke")
+    plan, dyn = ES.estimators_plan(P), dynamics_plan(P)
     assert plan["steps"] == dyn["steps"] and plan["nce_layers"] == dyn["layers"]
-    assert plan["layers"] == P["estimators"]["layers"]
+    assert plan["layers"] == list(P.section("estimators").layers)
     for regime, R in plan["regimes"].items():
         D = dyn["regimes"][regime]
         assert {s: r.key for s, r in R["snapshots"].items()} == {s: r.key for s, r in D["snapshots"].items()}
@@ -77,21 +81,21 @@ def test_plan_builds_on_the_dynamics_plan():
                {l: {s: r.key for s, r in v.items()} for l, v in D["nce"].items()}, "the dynamics chapter's own NCEs"
         for layer, per_step in R["estimates"].items():
             for step, r in per_step.items():
-                assert r.stage == "estimates" and r.config["layer"] == layer
+                assert r.stage is ES.ESTIMATES and r.config["layer"] == layer
                 assert r.deps["classifier"].key == D["snapshots"][step].key
     sweep = plan["sweep"]
     assert sweep["regime"] == "regular" and sweep["step"] == dyn["steps"][-1]  # step: null = the last checkpoint
     for layer, r in sweep["layers"].items():
         assert r.deps["classifier"].key == dyn["regimes"]["regular"]["snapshots"][sweep["step"]].key
-        assert r.config["sizes"] == P["estimators"]["sweep"]["sizes"]
-    assert "estimators" in stages.plan(P, ["estimators"])
-    keys = [r.dirname for r in stages.iter_refs(plan)]
+        assert r.config["sizes"] == list(P.section("estimators").sweep.sizes)
+    assert "estimators" in full_plan(P, ["estimators"])
+    keys = [r.dirname for r in iter_refs(plan)]
     assert len(keys) == len(set(keys))
 
 
 @pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
 def test_every_parameter_set_plans_the_appendix(name):
-    P = stages.load_params(name)
+    P = pipeline.load_params(name)
     plan = ES.estimators_plan(P)
     assert plan["layers"] == ["conv1", "conv2", "fc3", "logits"]
     assert max(plan["sweep"]["layers"]["conv1"].config["sizes"]) <= plan["sweep"]["layers"]["conv1"].config["n_test"]
@@ -101,16 +105,15 @@ def test_every_parameter_set_plans_the_appendix(name):
     ({"sweep": {"sizes": [10, 100000]}}, "sizes must be integers in"),
     ({"sweep": {"regime": "lazy"}}, "not a dynamics regime"),
     ({"sweep": {"step": 7}}, "not a dynamics checkpoint"),
-    ({"sweep": {"noise_vars": [0.1, "1e-4"]}}, "noise_vars"),
+    ({"sweep": {"noise_vars": [0.1, "1e-4"]}}, "noise_vars\\[1\\]: expected a number"),
     ({"sweep": {"bins": [0, 30]}}, "bins must be positive"),
     ({"sweep": {"widths": [1]}}, "unknown key"),
     ({"n_bin": 30}, "unknown key"),
     ({"k": 0}, "k \\(neighbours"),
 ])
 def test_bad_configuration_raises_a_clear_error(override, match):
-    P = stages.load_params("smoke", {"estimators": override})
-    with pytest.raises(ValueError, match=match):
-        ES.estimators_plan(P)
+    with pytest.raises(ConfigError, match=match):
+        pipeline.load_params("smoke", {"estimators": override})
 
 
 def test_helpers():
@@ -122,9 +125,3 @@ def test_helpers():
     brute = ((a[:, None] - a[None]) ** 2).sum(-1)
     np.fill_diagonal(brute, np.inf)
     assert np.allclose(ES.nearest_sq_distances(a, chunk=7), brute.min(1))
-    lp = rng.normal(-100, 10, size=40)
-    q = EF.nce_on_subsets(lp, [10, 40])
-    assert q["mean"][1] == pytest.approx(lp.mean())
-    assert q["stderr"][0] == pytest.approx(lp[:10].std(ddof=1) / math.sqrt(10))
-    with pytest.raises(ValueError, match="subset sizes"):
-        EF.nce_on_subsets(lp, [41])

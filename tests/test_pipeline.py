@@ -1,0 +1,451 @@
+"""inversion.pipeline: keys, the cache (reuse, atomicity, resumption, import without checkpoints), parameter
+sets and their validation, the explicit registry, the plans, the toy bound's exact entropies, and the
+command line (including its alias ``python -m inversion.stages``)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inversion import pipeline
+from inversion.pipeline import cache as cache_mod
+from inversion.pipeline import plans
+from inversion.pipeline.background import toy_distribution, toy_exact_entropies
+from inversion.pipeline.cache import Cache, StageMissing, iter_refs, pack, ref, stage, unpack
+from inversion.pipeline.dynamics import SNAPSHOT
+from inversion.pipeline.layers import CLASSIFIER, INVERSION, NCE, layers_plan
+from inversion.pipeline.params import Params
+from inversion.pipeline.schema import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CALLS = {"producer": 0, "consumer": 0, "flaky": 0}
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    value: int = 1
+    scale: float = 2.0
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class FlakyConfig:
+    fail_until: int = 1
+
+
+@stage("_test_producer", "1", ProducerConfig, checkpoints=("model.pt",))
+def PRODUCER(ctx):
+    CALLS["producer"] += 1
+    (ctx.out / "model.pt").write_text(str(ctx.config.value * ctx.config.scale))
+    np.save(ctx.out / "values.npy", np.arange(3) * ctx.config.value)
+    return {"product": ctx.config.value * ctx.config.scale}
+
+
+@stage("_test_consumer", "1", ConsumerConfig, deps=("producer",))
+def CONSUMER(ctx):
+    CALLS["consumer"] += 1
+    model = ctx.dep("producer", need=("model.pt",))
+    return {"total": float(model.path("model.pt").read_text()) + ctx.config.offset}
+
+
+@stage("_test_flaky", "1", FlakyConfig)
+def FLAKY(ctx):
+    """Fails on its first ``fail_until`` calls, leaving work in the resumable work directory."""
+    CALLS["flaky"] += 1
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    marker = ctx.work / "progress.txt"
+    done = int(marker.read_text()) if marker.exists() else 0
+    marker.write_text(str(done + 1))
+    if CALLS["flaky"] <= ctx.config.fail_until:
+        raise RuntimeError("killed")
+    return {"sessions": done + 1}
+
+
+@pytest.fixture()
+def cache(tmp_path):
+    for k in CALLS:
+        CALLS[k] = 0
+    return Cache(Params("unit", {}), root=tmp_path, device="cpu", log=lambda m: None)
+
+
+def test_keys_cover_config_dependencies_and_version():
+    a = ref(PRODUCER, {"value": 1})
+    assert a.key == ref(PRODUCER, {"value": 1, "scale": 2.0}).key  # defaults are part of the config
+    assert a.key == ref(PRODUCER, {"value": 1, "scale": 2}).key  # a number is a number: 2 and 2.0 are one key
+    assert a.config == {"value": 1, "scale": 2.0}
+    assert a.key != ref(PRODUCER, {"value": 2}).key
+    c1 = ref(CONSUMER, {}, producer=a)
+    c2 = ref(CONSUMER, {}, producer=ref(PRODUCER, {"scale": 3.0}))
+    assert c1.key != c2.key, "a changed upstream parameter must change every downstream key"
+    bumped = dataclasses.replace(PRODUCER, version="2")
+    assert ref(bumped, {"value": 1}).key != a.key, "bumping a stage's code version must change its key"
+
+
+def test_keys_are_those_of_the_caches_made_before_the_layout_change():
+    """Caches computed before the pipeline package (main at c0164d2) stay valid: the same configs give the
+    same keys (measured over every stage of smoke, quick and paper; two are pinned here)."""
+    smoke = pipeline.load_params("smoke")
+    assert plans.plan(smoke, ["background"])["background"]["toy"].dirname == "toy_bound-b1f731760b8e"
+    assert layers_plan(smoke, "mnist")["classifier"].dirname == "classifier-f33d80b5ebe8"
+    assert layers_plan(smoke, "mnist")["layers"]["conv1"]["inversion"].dirname == "inversion-7bf059c36649"
+
+
+def test_ref_rejects_unknown_parameters_and_missing_dependencies():
+    with pytest.raises(ConfigError, match="unknown key 'valeu' \\(did you mean 'value'\\?\\)"):
+        ref(PRODUCER, {"valeu": 1})
+    with pytest.raises(ConfigError, match="expected an integer, got the string"):
+        ref(PRODUCER, {"value": "1"})
+    with pytest.raises(KeyError, match="consumes"):
+        ref(CONSUMER, {})
+    with pytest.raises(ConfigError, match="missing required key 'layer'"):
+        ref(INVERSION, {}, classifier=ref(CLASSIFIER, {"dataset": "mnist"}))
+    with pytest.raises(ConfigError, match="unknown dataset 'mnsit'"):
+        ref(CLASSIFIER, {"dataset": "mnsit"})
+    with pytest.raises(ConfigError, match="steps must be an integer >= 0, got -3"):
+        ref(CLASSIFIER, {"dataset": "mnist", "steps": -3})
+
+
+def test_cache_computes_once_and_records_provenance(cache):
+    r = ref(CONSUMER, {"offset": 1}, producer=ref(PRODUCER, {"value": 3}))
+    res = cache.result(r)
+    assert res.metrics == {"total": 7.0}
+    again = Cache(cache.params, root=cache.root.parent, log=lambda m: None).result(r)  # a fresh process, same cache
+    assert again.metrics == res.metrics and CALLS == {"producer": 1, "consumer": 1, "flaky": 0}
+    info = json.loads((cache.root / r.dirname / "result.json").read_text())
+    prov = info["provenance"]
+    for field in ("commit", "dirty", "device", "torch", "python", "date", "wall_s", "param_set"):
+        assert field in prov, field
+    assert prov["param_set"] == "unit" and info["config"] == {"offset": 1}
+    assert info["deps"] == {"producer": r.deps["producer"].dirname}
+    # a changed parameter is a new result, never the stale one
+    assert cache.result(ref(CONSUMER, {"offset": 2}, producer=r.deps["producer"])).metrics == {"total": 8.0}
+    assert CALLS["consumer"] == 2 and CALLS["producer"] == 1
+
+
+def test_failed_stage_leaves_no_result_and_resumes_from_its_work_dir(cache):
+    r = ref(FLAKY, {"fail_until": 1})
+    with pytest.raises(RuntimeError, match="killed"):
+        cache.result(r)
+    assert not (cache.root / r.dirname).exists(), "a killed stage must not leave a (partial) result directory"
+    assert not list(cache.root.glob(".tmp-*")), "temporary directories are cleaned up"
+    assert (cache.root / f"{r.dirname}.work" / "progress.txt").exists(), "the work directory survives the kill"
+    res = cache.result(r)
+    assert res.metrics == {"sessions": 2}, "the second session continued from the first one's work"
+    assert not (cache.root / f"{r.dirname}.work").exists(), "the work directory goes once the stage is done"
+
+
+def test_results_import_without_checkpoints(cache, tmp_path):
+    prod = ref(PRODUCER, {"value": 5})
+    cons = ref(CONSUMER, {}, producer=prod)
+    cache.result(cons)
+    # copy the cache the way git would carry it: result.json and arrays, no *.pt
+    other = tmp_path / "elsewhere"
+    for d in cache.root.iterdir():
+        if d.is_dir() and not d.name.endswith(".work"):
+            (other / "unit" / d.name).mkdir(parents=True)
+            for f in d.iterdir():
+                if f.suffix != ".pt":
+                    (other / "unit" / d.name / f.name).write_bytes(f.read_bytes())
+    imported = Cache(cache.params, root=other, log=lambda m: None)
+    assert imported.status(prod) == "cached (no checkpoint)"
+    assert imported.result(cons).metrics == {"total": 10.0}
+    assert imported.result(prod).metrics == {"product": 10.0}
+    assert CALLS["producer"] == 1, "results whose consumers are done are reused without their checkpoints"
+    # a new consumer needs the checkpoint: the producer is recomputed (and only then)
+    assert imported.result(ref(CONSUMER, {"offset": 1}, producer=prod)).metrics == {"total": 11.0}
+    assert CALLS["producer"] == 2 and (other / "unit" / prod.dirname / "model.pt").exists()
+
+
+def test_compute_false_reads_only(cache):
+    r = ref(PRODUCER, {"value": 9})
+    ro = Cache(cache.params, root=cache.root.parent, compute=False, log=lambda m: None)
+    with pytest.raises(StageMissing, match="python -m inversion.pipeline run"):
+        ro.result(r)
+    cache.result(r)
+    assert ro.result(r).metrics == {"product": 18.0}
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_parameter_sets_plan_every_stage(name):
+    P = pipeline.load_params(name)
+    assert P.name == name
+    header = [l for l in (REPO / "params" / f"{name}.yaml").read_text().splitlines() if l.startswith("#")]
+    assert len(header) >= 3, "each parameter set says in a comment what it scales down"
+    plan = plans.plan(P)
+    assert {"background", "layers", "architectures", "dynamics"} <= set(plan)
+    refs = list(iter_refs(plan))
+    kinds = {r.stage.name for r in refs}
+    assert {"toy_bound", "classifier", "snapshot", "inversion", "nce", "decoder", "samples", "neighbours"} <= kinds
+    for ds, p in plan["layers"].items():
+        assert list(p["layers"]) == ["conv1", "conv2", "fc3", "logits"]
+        assert p["figure2"].config["keep_topk"] and p["figure2"].deps["inversion"] is p["layers"]["fc3"]["inversion"]
+    assert len({r.dirname for r in refs}) == len(refs), "no two distinct stages share a key"
+
+
+def test_sets_differ_and_overrides_apply():
+    smoke, quick, paper = (pipeline.load_params(n) for n in ("smoke", "quick", "paper"))
+    assert layers_plan(smoke, "mnist")["classifier"].key != layers_plan(quick, "mnist")["classifier"].key
+    assert {"mnist", "fashion_mnist"} <= set(quick.section("layers").datasets)
+    assert {"svhn", "cifar10"} <= set(paper.section("layers").datasets)
+    cifar = layers_plan(paper, "cifar10")["layers"]
+    assert cifar["conv1"]["inversion"].config["dropout"] == 0.1  # per_layer "cifar10/conv1"
+    assert cifar["fc3"]["inversion"].config["context_dropout"] == 0.2
+    assert cifar["fc3"]["inversion"].config["likelihood"] == "logistic_mixture"  # per_dataset
+    assert layers_plan(paper, "mnist")["layers"]["conv1"]["inversion"].config["dropout"] == 0.5
+    # overrides: a changed parameter changes exactly the keys downstream of it
+    base = layers_plan(quick, "mnist")
+    changed = layers_plan(pipeline.load_params("quick", {"layers": {"inversion": {"steps": 351}}}), "mnist")
+    assert changed["classifier"].key == base["classifier"].key
+    assert changed["layers"]["fc3"]["decoder"].key == base["layers"]["fc3"]["decoder"].key
+    assert changed["layers"]["fc3"]["inversion"].key != base["layers"]["fc3"]["inversion"].key
+    assert changed["layers"]["fc3"]["samples"].key != base["layers"]["fc3"]["samples"].key
+
+
+def test_toy_entropies_are_exact():
+    states, p = toy_distribution(0.1)
+    assert states.shape == (512, 3, 3) and abs(p.sum() - 1) < 1e-12 and (p > 0).all()
+    ex = toy_exact_entropies(0.1, ["none", "count", "rows", "image"])
+    hx = -(p * np.log(p)).sum()
+    assert ex["H(x)"] == pytest.approx(hx) and ex["none"] == pytest.approx(hx)
+    assert ex["image"] == pytest.approx(0.0, abs=1e-12)
+    # brute force H(x | count) = sum_c p(c) H(x | c)
+    counts = states.reshape(512, -1).sum(1)
+    h = 0.0
+    for c in np.unique(counts):
+        q = p[counts == c] / p[counts == c].sum()
+        h += p[counts == c].sum() * -(q * np.log(q)).sum()
+    assert ex["count"] == pytest.approx(h)
+    assert ex["image"] < ex["rows"] < ex["count"] < ex["none"], "more informative h, lower H(x | h)"
+
+
+def test_command_line_runs_lists_and_shows(tmp_path):
+    env = {**os.environ, "INVERSION_CACHE": str(tmp_path)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "inversion.pipeline", *a], env=env, capture_output=True,  # noqa: E731
+                                    text=True, timeout=600)
+    out = run("list", "--params", "smoke", "--only", "background")
+    assert out.returncode == 0 and "missing" in out.stdout and "0/1 stages cached" in out.stdout
+    out = run("run", "--params", "smoke", "--only", "background")
+    assert out.returncode == 0, out.stderr
+    assert "1 stages computed" in out.stdout
+    out = run("list", "--params", "smoke", "--only", "background")
+    assert "1/1 stages cached" in out.stdout
+    key = plans.plan(pipeline.load_params("smoke"), ["background"])["background"]["toy"].key
+    out = run("show", "--params", "smoke", key)
+    info = json.loads(out.stdout)
+    assert info["stage"] == "toy_bound" and info["provenance"]["param_set"] == "smoke"
+    final = info["metrics"]["final"]
+    assert set(final) == {"none", "count", "image"}
+    assert all(v["gap"] >= -1e-6 for v in final.values()), "the exact cross-entropy never beats H(x | h)"
+
+
+def test_pack_and_unpack_carry_results_but_not_checkpoints(cache, tmp_path):
+    cons = ref(CONSUMER, {"offset": 2}, producer=ref(PRODUCER, {"value": 4}))
+    cache.result(cons)
+    archive = tmp_path / "results.tgz"
+    assert sorted(pack(cache, archive)) == sorted([cons.dirname, cons.deps["producer"].dirname])
+    other = Cache(cache.params, root=tmp_path / "other", log=lambda m: None)
+    assert sorted(unpack(other, archive)) == sorted([cons.dirname, cons.deps["producer"].dirname])
+    assert not list(other.root.rglob("*.pt")), "checkpoints stay behind"
+    assert (other.root / cons.deps["producer"].dirname / "values.npy").exists()
+    before = dict(CALLS)
+    assert other.result(cons).metrics == {"total": 10.0} and CALLS == before
+    assert unpack(other, archive) == [], "results already present are kept"
+
+
+def test_wall_time_excludes_dependencies_computed_on_the_way(cache):
+    import time as _time
+
+    @dataclass(frozen=True)
+    class SlowConfig:
+        seconds: float = 0.3
+
+    @dataclass(frozen=True)
+    class NoConfig:
+        pass
+
+    @stage("_test_slow", "1", SlowConfig)
+    def slow(ctx):
+        _time.sleep(ctx.config.seconds)
+        return {}
+
+    @stage("_test_after_slow", "1", NoConfig, deps=("slow",))
+    def after(ctx):
+        ctx.dep("slow")
+        return {}
+
+    r = ref(after, {}, slow=ref(slow, {}))
+    res = cache.result(r)  # computes the slow dependency from inside
+    assert res.provenance["wall_s"] < 0.2
+    assert cache.result(r.deps["slow"]).provenance["wall_s"] >= 0.3
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_architectures_and_dynamics_plans(name):
+    P = pipeline.load_params(name)
+    arch = plans.plan(P, ["architectures"])["architectures"]
+    assert list(arch) == ["fc", "conv", "conv_gmp"]
+    for a, r in arch.items():
+        assert r["classifier"].config["arch"] == a and r["classifier"].config["dataset"] == "affnist"
+        assert r["inversion"].config["layer"] == "fc3" and r["nce"].deps["inversion"] is r["inversion"]
+        assert r["samples"].deps["classifier"] is r["classifier"]
+    dyn = plans.plan(P, ["dynamics"])["dynamics"]
+    steps = dyn["steps"]
+    assert steps[0] == 0 and steps == sorted(steps) and set(dyn["regimes"]) == {"regular", "overfit"}
+    reg, ovf = dyn["regimes"]["regular"], dyn["regimes"]["overfit"]
+    for R in (reg, ovf):
+        c = R["classifier"].config
+        assert c["patience"] == 0 and c["steps"] == max(steps) and c["snapshot_steps"] == steps
+        for layer in dyn["layers"]:
+            for t in steps:
+                inv = R["inversion"][layer][t]
+                assert inv.deps["classifier"] is R["snapshots"][t] and inv.config["layer"] == layer
+                assert R["nce"][layer][t].deps["inversion"] is inv
+    assert ovf["classifier"].config["overfit_n"] == 100 and ovf["classifier"].config["dropout"] == [0.0] * 3
+    # both start from the same random network, so the step-0 snapshot (and its inversion models) is shared;
+    # every later snapshot is the regime's own
+    assert ovf["snapshots"][0] is reg["snapshots"][0]
+    assert all(ovf["snapshots"][t].key != reg["snapshots"][t].key for t in steps[1:])
+    seeds = list(P.section("dynamics").replicate_seeds)
+    for layer in dyn["layers"]:
+        assert sorted(dyn["replicates"][layer]) == sorted(seeds)
+        for seed, nce in dyn["replicates"][layer].items():
+            inv = nce.deps["inversion"]
+            assert inv.config["seed"] == seed != reg["inversion"][layer][steps[-1]].config["seed"]
+            assert {**inv.config, "seed": 0} == reg["inversion"][layer][steps[-1]].config, "only the seed differs"
+            assert inv.deps["classifier"] is reg["snapshots"][steps[-1]]
+    other_seed = plans.plan(pipeline.load_params(name, {"dynamics": {"regimes": {"overfit": {"seed": 1}}}}), ["dynamics"])["dynamics"]
+    assert other_seed["regimes"]["overfit"]["snapshots"][0].key != reg["snapshots"][0].key
+
+
+def test_snapshot_is_the_classifier_after_exactly_that_many_updates(tmp_path):
+    import torch
+
+    from inversion.models.classifier import load_classifier
+
+    P = Params("unit", {})
+    cache = Cache(P, root=tmp_path, device="cpu", log=lambda m: None)
+    clf = ref(CLASSIFIER, {"dataset": "mnist", "steps": 6, "snapshot_steps": [0, 3, 6], "patience": 0,
+                             "eval_every": 3, "n_train": 256, "overfit_n": 50, "dropout": [0.0] * 3})
+    snaps = {t: ref(SNAPSHOT, {"dataset": "mnist", "step": t, "n_eval": 100}, classifier=clf) for t in (0, 3, 6)}
+    res = {t: cache.result(r) for t, r in snaps.items()}
+    weights = {t: load_classifier(res[t].dir, "model.pt").state_dict() for t in res}
+    assert not torch.equal(weights[0]["fc3.weight"], weights[3]["fc3.weight"])
+    clf_dir = cache.result(clf).dir
+    for t in res:
+        ref_w = load_classifier(clf_dir, f"step_{t}.pt").state_dict()
+        assert all(torch.equal(ref_w[k], weights[t][k]) for k in ref_w)
+        m = res[t].metrics
+        assert m["step"] == t and 0 <= m["test_accuracy"] <= 1 and m["n_train_eval"] == 50  # the overfit set
+    # a snapshot stands in for a classifier downstream
+    inv = ref(INVERSION, {"layer": "fc3", "n_filters": 4, "n_resnet": 1, "n_resolutions": 2, "steps": 2,
+                            "batch_size": 8, "n_train": 64, "dropout": 0.0}, classifier=snaps[3])
+    nce = cache.result(ref(NCE, {"n_test": 16}, classifier=snaps[3], inversion=inv))
+    assert nce.metrics["n"] == 16 and np.isfinite(nce.metrics["nats"])
+    with pytest.raises(ValueError, match="snapshot of a mnist classifier"):
+        cache.result(ref(SNAPSHOT, {"dataset": "fashion_mnist", "step": 3}, classifier=clf))
+
+
+# ---- bad configuration: a clear error, never a silently different run ------------------------------------
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"layers": {"inversion": {"stpes": 10}}}, r"^override: layers\.inversion\.stpes: unknown key 'stpes' \(did you mean 'steps'\?\)"),
+    ({"layers": {"figure1": {"n_imgs": 3}}}, r"^override: layers\.figure1\.n_imgs: unknown key 'n_imgs' \(did you mean 'n_images'\?\)"),
+    ({"layers": {"widget": {"images": 3}}}, r"layers\.widget\.images: unknown key .*did you mean 'n_images'"),
+    ({"layerz": {}}, r"^override: layerz: unknown section or key 'layerz' \(did you mean 'layers'\?\)"),
+    ({"layers": {"inversion": {"steps": -1}}}, r"^override: layers\.inversion: .*steps must be an integer >= 0, got -1"),
+    ({"layers": {"inversion": {"steps": 2.5}}}, r"layers\.inversion\.steps: expected an integer, got float 2\.5"),
+    ({"layers": {"inversion": {"bf16": "yes"}}}, r"layers\.inversion\.bf16: expected true or false, got the string 'yes'"),
+    ({"layers": {"inversion": {"lr": "1e-3"}}}, r"layers\.inversion\.lr: expected a number, got the string '1e-3' \(YAML reads"),
+    ({"layers": {"inversion": {"likelihood": "softmx"}}}, r"likelihood"),
+    ({"layers": {"layers": ["conv1", "fc4"]}}, r"^override: layers\.layers\[1\]: 'fc4' is not a layer of the conv classifier \(conv1, conv2, fc3, logits\) \(did you mean 'fc3'\?\)"),
+    ({"layers": {"datasets": ["mnist", "cifar"]}}, r"layers\.datasets\[1\]: unknown dataset 'cifar'"),
+    ({"layers": {"sampling": {"method": "fast"}}}, r"layers\.sampling\.method: 'fast' is not one of \['naive', 'fixed_point', 'cached'\]"),
+    ({"layers": {"per_dataset": {"mnist": {"inversion": {"dropuot": 0.1}}}}}, r"unknown key 'dropuot' \(did you mean 'dropout'\?\)"),
+    ({"layers": {"per_layer": {"conv7": {"inversion": {"dropout": 0.1}}}}}, r"layers\.per_layer\.conv7: 'conv7' is not a layer"),
+    ({"architectures": {"archs": ["fc", "gmp"]}}, r"architectures\.archs\[1\]: unknown network 'gmp' \(did you mean 'conv_gmp'\?\)"),
+    ({"architectures": {"classifier": {"arch": "fc"}}}, r"architectures\.classifier\.arch: set per network"),
+    ({"dynamics": {"regimes": {"overfit": {"overfit_m": 3}}}}, r"dynamics\.regimes\.overfit\.overfit_m: unknown key 'overfit_m' \(did you mean 'overfit_n'\?\)"),
+    ({"dynamics": {"classifier": {"steps": 5}}}, r"dynamics\.classifier\.steps: set by the plan"),
+    ({"dynamics": {"layers": ["fc3", "fc1"]}}, r"dynamics\.layers\[1\]: 'fc1' is not a layer"),
+    ({"estimators": {"sweep": {"step": 7}}}, r"^override: estimators\.sweep\.step: 7 is not a dynamics checkpoint"),
+    ({"estimators": {"sweep": {"regime": "lazy"}}}, r"estimators\.sweep\.regime: 'lazy' is not a dynamics regime"),
+    ({"estimators": {"sweep": {"sizes": [2, 100000]}}}, r"sweep sizes must be integers in \(k, n_test\]"),
+    ({"estimators": {"k": 0}}, r"k \(neighbours"),
+    ({"device": "gpu"}, r"device: 'gpu' is not one of auto, cpu, cuda"),
+])
+def test_bad_overrides_are_errors_that_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        pipeline.load_params("smoke", override)
+
+
+def test_errors_in_a_file_name_the_file(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("name: mine\nlayers:\n  datasets: [mnist]\n  layers: [conv1]\n  inversion: {stpes: 3}\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: layers\.inversion\.stpes: unknown key 'stpes' \(did you mean"):
+        pipeline.load_params(str(bad))
+    with pytest.raises(ConfigError, match=r"no parameter set 'smok' .*\(did you mean 'smoke'\?\); known sets: paper, quick, smoke"):
+        pipeline.load_params("smok")
+    good = tmp_path / "good.yaml"
+    good.write_text("name: good\nlayers:\n  datasets: [mnist]\n  layers: [conv1, fc3]\n  inversion: {steps: 3}\n")
+    P = pipeline.load_params(str(good))
+    assert P.section("layers").inversion.steps == 3 and P.section("layers").layers == ("conv1", "fc3")
+    assert P.section("layers").inversion.n_filters == 64, "what the file leaves out is the stage's default"
+
+
+def test_an_override_that_is_valid_changes_the_run():
+    P = pipeline.load_params("smoke", {"layers": {"inversion": {"steps": 7}, "layers": ["conv1", "logits"]}})
+    plan = layers_plan(P, "mnist")
+    assert list(plan["layers"]) == ["conv1", "logits"] and "figure2" not in plan  # figure2.layer fc3 not run
+    assert {p["inversion"].config["steps"] for p in plan["layers"].values()} == {7}
+
+
+def test_the_registry_is_explicit_and_complete():
+    stages = plans.STAGES
+    assert set(stages) == {"toy_bound", "classifier", "snapshot", "inversion", "nce", "decoder", "samples",
+                           "neighbours", "estimates", "estimator_sweep"}
+    assert all(s.name == name for name, s in stages.items())
+    for name in ("smoke", "quick", "paper"):
+        for r in iter_refs(plans.plan(pipeline.load_params(name))):
+            assert stages[r.stage.name] is r.stage, f"{r.stage.name} is planned but not registered"
+    # declaring a stage registers nothing anywhere: the test stages of this file are in no registry
+    assert "_test_producer" not in stages
+    assert list(plans.SECTIONS) == ["background", "layers", "architectures", "dynamics", "estimators"]
+
+
+def _cli(*args, module="inversion.pipeline", env=None):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args,match", [
+    (("list", "--params", "smoke", "--only", "bogus"), r"--only 'bogus': not a section of parameter set 'smoke'; valid: background, layers, architectures, dynamics, estimators, layers:mnist, layers:fashion_mnist"),
+    (("list", "--params", "smoke", "--only", "layers:svhn"), r"--only 'layers:svhn'"),
+    (("list", "--params", "nosuchset"), r"no parameter set 'nosuchset'"),
+    (("show", "--params", "smoke", "ffffffffffff"), r"show: no result matching 'ffffffffffff'"),
+])
+def test_command_line_user_errors_print_one_line_and_exit_2(args, match, tmp_path):
+    out = _cli(*args, env={"INVERSION_CACHE": str(tmp_path)})
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    import re
+
+    assert re.search(match, out.stderr), out.stderr
+
+
+def test_the_old_command_name_is_an_alias(tmp_path):
+    out = _cli("list", "--params", "smoke", "--only", "background", module="inversion.stages",
+               env={"INVERSION_CACHE": str(tmp_path)})
+    assert out.returncode == 0 and "0/1 stages cached" in out.stdout, out.stderr
+    out = _cli("stages")
+    assert out.returncode == 0 and "inversion (v1) <- classifier" in out.stdout and "layer=<required>" in out.stdout

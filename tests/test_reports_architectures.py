@@ -1,0 +1,69 @@
+"""The §5.2 claims on synthetic architecture summaries: global pooling discards position and keeps
+rotation and style (reproduced), the opposite (not reproduced), and NCE differences inside their noise."""
+
+from inversion import paper
+from inversion.digit_geometry import Kept
+from inversion.reports.architectures import DISCARDED, ArchitectureSummary, architecture_claims
+from inversion.reports.common import Difference, Estimate, SeedSpread
+
+ARCHS = ["fc", "conv", "conv_gmp"]
+KEPT = Kept(error=1.0, baseline=4.0, ratio=0.25, diff=-3.0, diff_stderr=0.3, n_inputs=40)
+LOST = Kept(error=4.0, baseline=4.1, ratio=0.98, diff=-0.1, diff_stderr=0.3, n_inputs=40)
+
+
+def summary(accuracy=None, differences=None, gmp_position=LOST, gmp_orientation=KEPT, gmp_mse_orientation=LOST,
+            gmp_ink=KEPT, mse=None, seed_spread=SeedSpread(0.0, 0)):
+    """A synthetic §5.2 summary; by default every claim reproduces."""
+    accuracy = accuracy or {a: paper.ARCHITECTURES[a].accuracy for a in ARCHS}
+    differences = differences or {("conv", "fc"): Difference(15.0, 1.0), ("conv", "conv_gmp"): Difference(4.5, 1.0),
+                                  ("conv_gmp", "fc"): Difference(11.0, 1.0)}
+    kept = {a: {"position": KEPT, "orientation": KEPT, "ink": KEPT} for a in ARCHS}
+    kept["conv_gmp"] = {"position": gmp_position, "orientation": gmp_orientation, "ink": gmp_ink}
+    kept_mse = {a: {"position": KEPT, "orientation": LOST, "ink": KEPT} for a in ARCHS}
+    kept_mse["conv_gmp"]["orientation"] = gmp_mse_orientation
+    return ArchitectureSummary(
+        dataset="affnist", archs=ARCHS, accuracy=accuracy,
+        nce={a: Estimate(paper.ARCHITECTURES[a].fc3_nce, 1.0) for a in ARCHS}, bits_per_dim={a: 1.0 for a in ARCHS},
+        mse=mse or {"fc": 0.02, "conv": 0.02, "conv_gmp": 0.05}, kept=kept, kept_mse=kept_mse, n_images=40,
+        n_samples=8, seed_spread=seed_spread, differences=differences)
+
+
+def verdicts(s):
+    return {c.claim: c.reproduced for c in architecture_claims(s)}
+
+
+def test_a_run_like_the_paper_reproduces_every_claim():
+    got = verdicts(summary())
+    assert len(got) == 12 and all(v is True for v in got.values()), got
+
+
+def test_a_run_unlike_the_paper_does_not_reproduce():
+    got = verdicts(summary(accuracy={"fc": 0.99, "conv": 0.98, "conv_gmp": 0.97},
+                           differences={("conv", "fc"): Difference(-15.0, 1.0), ("conv", "conv_gmp"): Difference(-4.5, 1.0),
+                                        ("conv_gmp", "fc"): Difference(-11.0, 1.0)},
+                           gmp_position=KEPT, gmp_orientation=LOST, gmp_mse_orientation=KEPT, gmp_ink=LOST,
+                           mse={"fc": 0.05, "conv": 0.02, "conv_gmp": 0.02}))
+    mine = [c for c in got if not c.startswith(("fully connected:", "conv:"))]  # the fc/conv position rows hold
+    assert not any(got[c] for c in mine), got
+
+
+def test_differences_inside_their_noise_are_not_reproduced():
+    inside = {("conv", "fc"): Difference(1.9, 1.0), ("conv", "conv_gmp"): Difference(4.5, 2.3),
+              ("conv_gmp", "fc"): Difference(2.0, 1.0)}
+    claims = {c.claim: c for c in architecture_claims(summary(differences=inside, seed_spread=SeedSpread(2.0, 9)))}
+    nce_rows = [c for c in claims.values() if c.criterion.startswith("NCE difference")]
+    assert len(nce_rows) == 3 and not any(c.reproduced for c in nce_rows)
+    assert all("seed spread 2.00 included" in c.ours for c in nce_rows)
+    # a position ratio just under the threshold, not significantly kept: neither kept nor discarded
+    edge = Kept(error=3.0, baseline=4.0, ratio=DISCARDED - 0.01, diff=-0.5, diff_stderr=0.3, n_inputs=40)
+    got = verdicts(summary(gmp_position=edge))
+    assert got["global pooling: FC3 samples do not keep the digit's position (Fig. 4)"] is False
+
+
+def test_missing_networks_drop_their_claims():
+    s = summary()
+    only = ArchitectureSummary(**{**s.__dict__, "archs": ["conv", "conv_gmp"],
+                                  "differences": {("conv", "conv_gmp"): Difference(4.5, 1.0)}})
+    claims = architecture_claims(only)
+    assert all("fully connected" not in c.claim for c in claims)
+    assert any(c.claim.startswith("global max pooling discards information (≈ 4.5 nats") for c in claims)
