@@ -52,18 +52,20 @@ def test_forward_and_graph_come_from_the_same_walk(n_resolutions, n_resnet, cont
     assert [id(mod) for mod in from_nodes] == [id(mod) for mod in called]
     assert len(called) == len(walk_layers(m))  # every layer once
     # count the operations of the walk and what each adds to the graph
-    counts = {}
+    counts = dict.fromkeys(("shifted_sum", "conv", "gated_resnet", "upsample", "output"), 0)
 
     class Counting(GraphOps):
         def __getattribute__(self, name):
-            if name in ("shifted_sum", "conv", "gated_resnet", "upsample", "output"):
-                counts[name] = counts.get(name, 0) + 1
+            if name in counts:
+                counts[name] += 1
             return super().__getattribute__(name)
 
     ops = Counting(m)
     m.walk(ops, None, None)
     resnets = sum(isinstance(mod, GatedResnet) for mod in called)
     assert counts["gated_resnet"] == resnets == 2 * n_resnet * n_resolutions * 2 + 2 * (n_resolutions - 1)
+    assert counts["shifted_sum"] == 2 and counts["output"] == 1  # the two streams start; one output
+    assert counts["conv"] == 2 * (n_resolutions - 1)  # downsampling
     assert counts["upsample"] == sum(isinstance(mod, (DownShiftedDeconv, DownRightShiftedDeconv)) for mod in called)
     # the input, the u start (a conv and a sum), the ul start (two convs and a sum), two nodes per gated
     # resnet, one per conv, upsampling and the output

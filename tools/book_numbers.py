@@ -5,8 +5,8 @@
 
 Reads each chapter page of a built site (``<html dir>/<chapter>.html``), takes the text of its article —
 prose with every glued value rendered, tables, claims, figure captions — and collects every number in it.
-Left out: code (``<pre>``, ``<code>``), the provenance tables and the provenance line under each figure,
-whose wall times, dates and commits differ between any two runs. ``--compare`` reports, per page, the
+Left out: code (``<pre>``, ``<code>``), the provenance tables, the provenance line under each figure and the
+introduction's "minutes of compute", whose wall times, dates and commits differ between any two runs. ``--compare`` reports, per page, the
 numbers whose counts differ. Numbers, not sentences, are compared, because a change of layout may reword
 a sentence around the same value; the figures themselves are compared by the numbers behind them.
 """
@@ -37,7 +37,7 @@ def page_text(path: Path) -> str:
             table.decompose()
     for p in main.find_all(["p", "em"]):
         text = p.get_text()
-        if text.startswith("Run: parameter set") or text.startswith("Parameter set "):
+        if text.startswith("Run: parameter set") or text.startswith("Parameter set ") or "minutes of compute" in text:
             p.decompose()
     return main.get_text(" ")
 

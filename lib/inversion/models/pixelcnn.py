@@ -364,7 +364,8 @@ class PixelCNNpp(nn.Module):
     def __init__(self, image_shape, context_shape=None, n_filters: int = PixelCNNConfig.n_filters,
                  n_resnet: int = PixelCNNConfig.n_resnet, likelihood: str = PixelCNNConfig.likelihood,
                  n_mixtures: int = PixelCNNConfig.n_mixtures, dropout: float = PixelCNNConfig.dropout,
-                 context_dropout: float = PixelCNNConfig.context_dropout, n_resolutions: int = PixelCNNConfig.n_resolutions):
+                 context_dropout: float = PixelCNNConfig.context_dropout,
+                 n_resolutions: int = PixelCNNConfig.n_resolutions):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -626,7 +627,7 @@ class PixelCNNpp(nn.Module):
         joint = torch.logsumexp(log_w[:, :, None] + lp.cumsum(dim=2), dim=1)  # [N, C, H, W]
         return joint - F.pad(joint[:, :-1], (0, 0, 0, 0, 1, 0))
 
-    # ---- one pixel from the network output -------------------------------------------------------------------------------
+    # ---- one pixel from the network output ------------------------------------------------------------
     def draw_noise(self, n, generator=None):
         """The uniforms one sample consumes: [n, C + 1, H, W] (slot 0: mixture component, 1..C: channels).
         Passing the same noise to any sampler (inversion.models.sampling) gives the
