@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inversion import bounds
-from inversion.pixelcnn import PixelCNNpp
+from inversion.models.pixelcnn import PixelCNNpp
 
 
 def test_summarize_and_bits_per_dim():

@@ -1,4 +1,4 @@
-"""inversion.classifier: architectures of Appendix A / §5.2, feature taps, and resumable training (§5.3)."""
+"""inversion.models.classifier: architectures of Appendix A / §5.2, feature taps, and resumable training (§5.3)."""
 
 import inspect
 import re

@@ -1,4 +1,4 @@
-"""inversion.decoders: the MSE up-sampling decoder baseline x_hat = f(h) (eq. 3, Dosovitskiy & Brox 2016)."""
+"""inversion.models.decoders: the MSE up-sampling decoder baseline x_hat = f(h) (eq. 3, Dosovitskiy & Brox 2016)."""
 
 import inspect
 import re

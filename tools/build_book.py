@@ -4,7 +4,7 @@
 
 1. chapters/<name>.md (MyST-markdown jupytext notebooks, the only sources) are converted in memory and
    executed by papermill with ``params=<set>`` into <out>/<name>.ipynb. The introduction runs last, so it
-   can report what the other chapters computed. Heavy steps are cached stages (inversion.stages), so a
+   can report what the other chapters computed. Heavy steps are cached stages (inversion.pipeline), so a
    rerun with the same parameters only re-renders.
 2. _config.yml and _toc.yml are copied beside the notebooks, the vendored MathJax and widget manager into
    <out>/assets (tools/vendor.py), and jupyter-book builds <out>/_build/html with warnings as errors.

@@ -151,6 +151,12 @@ def validate(cls, data, where: str = ""):
     except ConfigError as e:  # a __post_init__ that names the key itself, relative to this mapping
         raise ConfigError(f"{where}.{e}" if where else str(e)) from None
     except (ValueError, TypeError) as e:
+        # the models' configs say "<Class>.<field> must be ..."; here the place is ``where``
+        msg = str(e)
+        for klass in cls.__mro__:
+            if msg.startswith(f"{klass.__name__}."):
+                return_msg = msg[len(klass.__name__) + 1:]
+                raise ConfigError(f"{where}.{return_msg}" if where else return_msg) from None
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
