@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from inversion import pipeline
-from inversion.pipeline import cache as cache_mod
 from inversion.pipeline import plans
 from inversion.pipeline.background import toy_distribution, toy_exact_entropies
 from inversion.pipeline.cache import Cache, StageMissing, iter_refs, pack, ref, stage, unpack
