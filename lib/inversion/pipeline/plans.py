@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from inversion import data
 from inversion.pipeline import architectures, background, dynamics, estimators, layers
-from inversion.pipeline.cache import Cache, Stage, iter_refs
+from inversion.pipeline.cache import Cache, Stage
 from inversion.pipeline.params import Params
 from inversion.pipeline.params import load_params as _load_params
 from inversion.pipeline.schema import ConfigError, closest
@@ -111,10 +111,6 @@ def plan(P: Params, only: list[str] | None = None) -> dict:
     if "estimators" in P and wanted("estimators"):
         out["estimators"] = estimators.estimators_plan(P)
     return out
-
-
-def count(the_plan) -> int:
-    return len(list(iter_refs(the_plan)))
 
 
 # ---- each chapter's results: its plan, materialised (computed where missing, unless compute=False) ----

@@ -102,7 +102,7 @@ def _convert(tp, value, where: str):
             return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else Any
         return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin in (dict, Mapping) or tp in (dict, Mapping) or origin is typing.get_origin(Mapping[str, int]):
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
         key_tp, val_tp = args if args else (Any, Any)
@@ -155,8 +155,8 @@ def validate(cls, data, where: str = ""):
         msg = str(e)
         for klass in cls.__mro__:
             if msg.startswith(f"{klass.__name__}."):
-                return_msg = msg[len(klass.__name__) + 1:]
-                raise ConfigError(f"{where}.{return_msg}" if where else return_msg) from None
+                rest = msg[len(klass.__name__) + 1:]
+                raise ConfigError(f"{where}.{rest}" if where else rest) from None
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
