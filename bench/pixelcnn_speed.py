@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))  # runnable
 from inversion.models.pixelcnn import PixelCNNpp  # noqa: E402
 from inversion.models.sampling import CachedGraph, draw  # noqa: E402
 from inversion.provenance import provenance  # noqa: E402
+from inversion.training import load_checkpoint, load_weights  # noqa: E402
 
 CONFIGS = {
     "mnist": dict(image_shape=(1, 28, 28), context_shape=(256,), n_filters=64, n_resnet=3, likelihood="softmax"),
@@ -74,8 +75,7 @@ def make_model(cfg, device, checkpoint=None):
     torch.manual_seed(0)
     model = PixelCNNpp(**cfg).to(device)
     if checkpoint:
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"] if "optimizer" in saved else saved)
+        load_weights(model, checkpoint)
     else:
         x, h = fake_batch(cfg, 64, device)
         model.data_init(x, h)
@@ -223,7 +223,7 @@ def time_sampling(cfg, device, n, method, checkpoint=None, contexts=None, naive_
         model = make_model(cfg, device, checkpoint).eval()
         _, h = fake_batch(cfg, n, device)
     if contexts is not None:  # real layer activations: how fast the fixed point converges depends on them
-        h = torch.load(contexts, map_location=device)[:n]
+        h = load_checkpoint(contexts, map_location=device)[:n]
     n = len(h)
     noise = model.draw_noise(n, torch.Generator().manual_seed(2))
     C, H, W = cfg["image_shape"]

@@ -1,6 +1,6 @@
 """The library's shape: imports run one way (no loops), and each layer imports only the layers below it.
 
-    inversion.{atomic, provenance, paper}     import nothing of the project (paper: nothing at all)
+    inversion.{atomic, provenance, paper, distributed}     import nothing of the project (paper: nothing at all)
     inversion.{data, bounds, estimators, digit_geometry, training}     the foundations
     inversion.models                          the models; never the pipeline or the reports
     inversion.pipeline                        params -> plan -> stages -> cache; never the reports
@@ -64,6 +64,7 @@ def test_no_import_loops():
     ("inversion.reports", ("inversion.pipeline", "inversion.models", "inversion.training")),
     ("inversion.paper", ("inversion",)),
     ("inversion.atomic", ("inversion",)),
+    ("inversion.distributed", ("inversion",)),
 ])
 def test_layers_import_downwards_only(package, forbidden):
     for module, deps in GRAPH.items():
@@ -88,6 +89,12 @@ def test_stage_modules_import_only_the_core_and_the_chapters_they_build_on():
         deps = {d for d in GRAPH[f"inversion.pipeline.{chapter}"] if d.startswith("inversion.pipeline")}
         extra = deps - core - {f"inversion.pipeline.{b}" for b in builds_on}
         assert not extra, f"inversion.pipeline.{chapter} imports {sorted(extra)}"
+
+
+def test_only_the_command_line_knows_the_engine():
+    """Stages and plans know nothing of how they are run: Dask is the command line's business."""
+    users = sorted(m for m, deps in GRAPH.items() if "inversion.pipeline.engine" in deps)
+    assert users == ["inversion.pipeline.__main__"], users
 
 
 def test_no_module_is_huge():

@@ -10,6 +10,12 @@ What it guarantees, so callers need not:
 - Early stopping on a validation score (higher is better) with the best weights kept in
   ``workdir/best.pt``.
 - Progress through tqdm.
+- Data-parallel under torchrun. Inside ``inversion.distributed.data_parallel(group)`` every rank trains on
+  its shard of each global batch through DistributedDataParallel, with the single-process run's global
+  batch and schedule; rank 0 alone writes checkpoints (see ``inversion.distributed``).
+- Checkpoints are data, not code: tensors and plain values only, read back with ``torch.load(...,
+  weights_only=True)`` (``load_checkpoint``), so a checkpoint from someone else's archive or a shared cache
+  cannot run code when it is opened.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import math
 import numbers
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +33,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from inversion import distributed
 from inversion.atomic import atomic_torch_save, atomic_write_text
 
 
@@ -79,6 +87,42 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
     return perm[offset * batch_size : (offset + 1) * batch_size]
 
 
+class UnsafeCheckpoint(pickle.UnpicklingError):
+    """A checkpoint holds a pickled object that is not a tensor or a plain value, so it was refused."""
+
+
+def load_checkpoint(path: str | os.PathLike, map_location=None):
+    """``torch.load(path, weights_only=True)``: tensors, dicts, lists, tuples, numbers, strings and None.
+
+    Anything else in the file (a pickled class, a function, a ``__reduce__`` that runs a command) is refused
+    before it is built, with ``UnsafeCheckpoint`` naming the file: checkpoints travel between people and
+    machines (``pack`` archives, shared caches, cluster workers), and unpickling an arbitrary object runs
+    code. Everything this library writes loads this way.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = str(e).strip().splitlines()
+        detail = next((line.strip() for line in why if "Unsupported" in line or "GLOBAL" in line), why[0] if why else "")
+        raise UnsafeCheckpoint(
+            f"{path}: refused to load: it holds a pickled object that is not a tensor or plain value "
+            f"({detail}). Checkpoints written by this library hold state dicts only; do not load files you do "
+            "not trust. If this one is yours, load it with torch.load(..., weights_only=False) and re-save its "
+            "state dict.") from None
+
+
+class _LossOf(torch.nn.Module):
+    """``loss_fn(model, batch)`` as a module's forward, so DistributedDataParallel sees the call it wraps
+    (the models' losses call ``log_prob`` and other methods, which DDP would not see)."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
+
+
 @dataclasses.dataclass
 class TrainResult:
     step: int  # steps taken in total
@@ -87,6 +131,7 @@ class TrainResult:
     history: list[dict]  # one row per evaluation: {"step", "loss", "score", ...}
     stopped_early: bool
     seconds: float  # wall time of all sessions of this run, resumed ones included
+    resumed_from: int = 0  # the step this session started at (0: a fresh run)
 
 
 def fit(
@@ -116,6 +161,10 @@ def fit(
         raise ValueError(f"all data tensors must share their first dimension; got {[len(t) for t in data]}")
     if n == 0:
         raise ValueError("no training data")
+    group = distributed.active()
+    if group is not None:
+        distributed.shard(torch.arange(cfg.batch_size), group)  # a batch that does not split fails here
+    writes = group is None or group.is_main  # under torchrun rank 0 alone writes
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -125,18 +174,24 @@ def fit(
     state_path = workdir / "state.pt"
     state = dict(step=0, best_score=-math.inf, best_step=-1, history=[], evals_since_best=0, seconds=0.0)
     if state_path.exists():
-        saved = torch.load(state_path, map_location=device, weights_only=False)
+        saved = load_checkpoint(state_path, map_location=device)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         state = saved["progress"]
 
-    def batch_at(step):
+    def batch_at(step, shard=False):
         idx = batch_indices(n, cfg.batch_size, step, cfg.seed)
+        if shard:
+            idx = distributed.shard(idx, group)
         return [t[idx].to(device, non_blocking=True) for t in data]
 
+    def save(obj, path):
+        if writes:
+            atomic_torch_save(obj, path)
+
     def save_state():
-        atomic_torch_save(
+        save(
             dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                  progress=state, config=dataclasses.asdict(cfg)),
             state_path,
@@ -151,7 +206,7 @@ def fit(
         state["history"].append(row)
         if metrics["score"] > state["best_score"]:
             state.update(best_score=float(metrics["score"]), best_step=state["step"], evals_since_best=0)
-            atomic_torch_save(model.state_dict(), workdir / "best.pt")
+            save(model.state_dict(), workdir / "best.pt")
         else:
             state["evals_since_best"] += 1
         return row
@@ -161,20 +216,28 @@ def fit(
         with torch.no_grad():
             on_start(model, batch_at(0))
     if state["step"] == 0 and 0 in cfg.snapshot_steps:
-        atomic_torch_save(model.state_dict(), workdir / "step_0.pt")
+        save(model.state_dict(), workdir / "step_0.pt")
+    # Under torchrun: every rank initialised the same way on the same global batch; DDP's constructor
+    # broadcasts rank 0's weights anyway, then averages gradients over the ranks' shards after backward.
+    objective = _LossOf(model, loss_fn)
+    if group is not None:
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
 
     stopped_early = state.get("stopped_early", False)
+    resumed_from = state["step"]
     t0 = time.perf_counter() - state["seconds"]
     model.train()
     bar = tqdm(total=cfg.steps, initial=state["step"], desc=desc, disable=not cfg.progress, leave=False)
     last_loss = float("nan")
     while state["step"] < cfg.steps and not stopped_early:
         step = state["step"]
-        # Dropout noise depends on (seed, step) only, so a resumed run matches an uninterrupted one.
-        torch.manual_seed(cfg.seed * 7919 + step)
-        batch = batch_at(step)
+        # Dropout noise depends on (seed, step) only, so a resumed run matches an uninterrupted one; under
+        # torchrun also on the rank, so shards do not share masks.
+        torch.manual_seed(cfg.seed * 7919 + step + (group.rank * 1_000_003 if group else 0))
+        batch = batch_at(step, shard=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = loss_fn(model, batch)
+            loss = objective(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; last good state is in {state_path}")
         opt.zero_grad(set_to_none=True)
@@ -188,7 +251,7 @@ def fit(
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.4g}")
         if state["step"] in cfg.snapshot_steps:
-            atomic_torch_save(model.state_dict(), workdir / f"step_{state['step']}.pt")
+            save(model.state_dict(), workdir / f"step_{state['step']}.pt")
         if eval_fn is not None and cfg.eval_every and state["step"] % cfg.eval_every == 0:
             evaluate(last_loss)
             if cfg.patience and state["evals_since_best"] >= cfg.patience:
@@ -202,6 +265,7 @@ def fit(
         evaluate(last_loss)
     state["seconds"] = time.perf_counter() - t0
     save_state()
+    distributed.barrier(group)  # rank 0's files are written before any rank reads them
     if restore_best and eval_fn is not None:
         load_weights(model, workdir / "best.pt")
     return TrainResult(
@@ -211,6 +275,7 @@ def fit(
         history=state["history"],
         stopped_early=stopped_early,
         seconds=state["seconds"],
+        resumed_from=resumed_from,
     )
 
 
@@ -219,7 +284,7 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Mo
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; train first (inversion.training.fit writes it)")
-    saved = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    saved = load_checkpoint(path, map_location=next(model.parameters()).device)
     model.load_state_dict(saved["model"] if "optimizer" in saved else saved)
     return model
 

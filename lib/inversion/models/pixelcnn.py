@@ -411,8 +411,9 @@ class PixelCNNpp(nn.Module):
 
         if likelihood == "softmax":
             n_out = 256 * C
-            # logit offsets for channel c given the value of an earlier channel j < c, one table per pair
-            self.channel_tables = nn.Parameter(torch.zeros(C * (C - 1) // 2, 256, 256))
+            # logit offsets for channel c given the value of an earlier channel j < c, one table per pair; grey
+            # images have no pair, so nothing to train (and DistributedDataParallel would wait for its gradient)
+            self.channel_tables = nn.Parameter(torch.zeros(C * (C - 1) // 2, 256, 256), requires_grad=C > 1)
         else:
             n_out = n_mixtures * (1 + 2 * C + C * (C - 1) // 2)
         self.out = WNConv2d(nf, n_out, init_scale=0.1)

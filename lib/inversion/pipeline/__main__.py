@@ -1,6 +1,9 @@
 """The command line of the stage cache (``python -m inversion.stages`` is the same command, kept as an alias).
 
     python -m inversion.pipeline run    --params paper [--only layers:mnist] [--device cuda] [--progress]
+    python -m inversion.pipeline run    --params quick --workers 2               # a local Dask cluster
+    python -m inversion.pipeline run    --params paper --scheduler tcp://host:8786 --device cuda
+    torchrun --nproc_per_node=4 -m inversion.pipeline run --params paper --device cuda   # data-parallel
     python -m inversion.pipeline list   --params quick          # every stage of the set: cached or missing
     python -m inversion.pipeline show   --params quick KEY      # a result.json
     python -m inversion.pipeline stages                         # every kind of stage, its version and config
@@ -16,11 +19,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+import torch
+
+from inversion import distributed
+
 from inversion.pipeline.cache import CACHE_ENV, Cache, iter_refs, pack, unpack
+from inversion.pipeline.engine import Job, StageFailed, connect, run_parallel
 from inversion.pipeline.plans import STAGES, available, load_params, plan
 from inversion.pipeline.schema import ConfigError
 
@@ -36,6 +45,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="compute every missing stage of the parameter set")
     run.add_argument("--device", default=None, help="cpu / cuda (default: the set's device, auto = cuda if present)")
     run.add_argument("--progress", action="store_true", help="tqdm progress bars for training")
+    run.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="run stages in parallel on a local Dask cluster of N worker processes (on cuda: one per "
+                          "GPU, at most N); 0 (default): one after another in this process")
+    run.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="run stages on the workers of a running Dask scheduler (e.g. tcp://host:8786)")
+    run.add_argument("--threads", type=int, default=0, metavar="T",
+                     help="torch threads per process: of this one, or of each parallel worker (default: torch's "
+                          "own; with workers, the cores divided among them). Results are bitwise equal between "
+                          "runs with equal threads per process; otherwise equal up to float rounding")
     sub.add_parser("list", parents=[common], help="list the stages of the set with their cache status")
     show = sub.add_parser("show", parents=[common], help="print the result.json of a stage (key or dirname)")
     show.add_argument("key")
@@ -77,7 +95,9 @@ def _run(args) -> int:
         out.write_text(json.dumps(P.data, indent=1) + "\n")
         print(out)
         return 0
-    cache = Cache(P, root=args.cache, device=getattr(args, "device", None), progress=getattr(args, "progress", False))
+    device = _device(args, P)
+    cache = Cache(P, root=args.cache, device=device, progress=getattr(args, "progress", False),
+                  group=_group(args, device))
     the_plan = plan(P, args.only)
     if args.cmd == "list":
         rows = list(iter_refs(the_plan))
@@ -110,11 +130,64 @@ def _run(args) -> int:
             if not ok:
                 print(f"skipping {d}: {why}", file=sys.stderr)
                 del the_plan["layers"][d]
+    refs = list(iter_refs(the_plan))
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: the default), got {args.threads}")
+    if args.workers or args.scheduler:
+        return _run_parallel(args, cache, refs)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    for r in iter_refs(the_plan):
+    for r in refs:
         cache.result(r)
-    print(f"{len(cache.computed)} stages computed, {len(list(iter_refs(the_plan))) - len(cache.computed)} cached; "
-          f"{time.perf_counter() - t0:.0f} s; results in {cache.root}")
+    if cache.group is None or cache.group.is_main:
+        print(f"{len(cache.computed)} stages computed, {len(refs) - len(cache.computed)} cached; "
+              f"{time.perf_counter() - t0:.0f} s; results in {cache.root}"
+              + (f"; {cache.group.world_size} processes (torchrun)" if cache.group else ""))
+    return 0
+
+
+def _device(args, P) -> str:
+    """The run's device, checked: a cuda run on a machine without a GPU is a clear error, not a crash later."""
+    device = getattr(args, "device", None) or P.device
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available() and not getattr(args, "scheduler", None):
+        raise ConfigError(f"--device {device}: torch sees no GPU on this machine; use --device cpu")
+    return device
+
+
+def _group(args, device):
+    """The torchrun process group when this is one rank of a data-parallel run (else None)."""
+    if args.cmd != "run" or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if args.workers or args.scheduler:
+        raise ConfigError("--workers/--scheduler spread stages over processes; torchrun spreads one model's "
+                          "training over processes: use one or the other")
+    try:
+        return distributed.from_environment(device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _run_parallel(args, cache: Cache, refs) -> int:
+    workers = args.workers or 0
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
+    job = Job(cache.params, root=str(cache.root.parent), device=cache.device, progress=args.progress,
+              threads=threads)
+    client = connect(args.scheduler, cache.device, workers, threads)
+    try:
+        try:
+            report = run_parallel(job, refs, client)
+        except StageFailed as e:
+            print(e, file=sys.stderr)
+            return 1
+    finally:
+        cluster = client.cluster
+        client.close()
+        if cluster is not None and not args.scheduler:
+            cluster.close()
+    where = args.scheduler or f"a local cluster of {report.workers} workers x {threads} torch threads"
+    print(f"{len(report.computed)} stages computed, {len(report.cached)} cached; {report.seconds:.0f} s on {where}; "
+          f"results in {cache.root}")
     return 0
 
 

@@ -39,8 +39,11 @@ import os
 import shutil
 import sys
 import tarfile
+import socket
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inversion import distributed
 from inversion.atomic import atomic_write_text
 from inversion.pipeline.params import REPO, Params
 from inversion.pipeline.schema import ConfigError, to_plain, validate
@@ -75,6 +79,7 @@ class Stage:
     compute: Callable[["Context"], dict]
     deps: tuple[str, ...] = ()  # names under which it receives the results it consumes
     checkpoints: tuple[str, ...] = ()  # git-ignored files a consumer may need (recomputed when missing)
+    data_parallel: bool = False  # trains through inversion.training.fit: under torchrun every rank runs it
 
     @property
     def doc(self) -> str:
@@ -83,16 +88,36 @@ class Stage:
     def __repr__(self):
         return f"Stage({self.name!r}, v{self.version})"
 
+    def __reduce__(self):
+        # Pickled by reference, as the module attribute the decorator bound it to, so a Ref travels to a
+        # worker process (inversion.pipeline.engine) as a name and a config, never as code.
+        return (_stage_at, (self.compute.__module__, self.compute.__qualname__, self.name))
 
-def stage(name: str, version: str, config: type, deps: tuple[str, ...] = (), checkpoints: tuple[str, ...] = ()):
+
+def _stage_at(module: str, qualname: str, name: str) -> Stage:
+    import importlib
+
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, Stage) or obj.name != name:
+        raise ImportError(f"stage {name!r} is not at {module}.{qualname}: declare stages with @stage at the top "
+                          "level of an importable module")
+    return obj
+
+
+def stage(name: str, version: str, config: type, deps: tuple[str, ...] = (), checkpoints: tuple[str, ...] = (),
+          data_parallel: bool = False):
     """Declare a stage: ``@stage("nce", "1", NCEConfig, deps=("classifier", "inversion"))`` on a function of a
     Context returning a dict of metrics. The decorated name is bound to the ``Stage``; plans pass it to
-    ``ref``, and ``inversion.pipeline.plans.STAGES`` lists every stage explicitly."""
+    ``ref``, and ``inversion.pipeline.plans.STAGES`` lists every stage explicitly. ``data_parallel``: the
+    stage trains a model through ``inversion.training.fit``, so under torchrun every rank runs it (any other
+    stage is computed by rank 0 alone; see ``inversion.distributed``)."""
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"stage {name!r}: config must be a dataclass, got {config!r}")
 
     def declare(fn):
-        return Stage(name, version, config, fn, tuple(deps), tuple(checkpoints))
+        return Stage(name, version, config, fn, tuple(deps), tuple(checkpoints), data_parallel)
 
     return declare
 
@@ -226,7 +251,7 @@ class Context:
         self.cache, self.ref, self.out, self.work = cache, r, out, work
         self.config = r.settings
         self.device = torch.device(cache.device)
-        self.progress = cache.progress
+        self.progress = cache.progress and (cache.group is None or cache.group.is_main)
 
     def dep(self, name: str, need: tuple[str, ...] = ()) -> Result:
         """The result of the dependency ``name``, with the files in ``need`` present (recomputed if not)."""
@@ -254,9 +279,23 @@ def _finite(obj):
     return obj
 
 
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
-    with open(path, "w") as f:
+    """Hold the stage's lock: against other threads of this process, then against other processes.
+
+    ``flock`` excludes other processes on this machine and, on NFS (where Linux implements it with POSIX
+    byte-range locks through the NFS lock manager), on other machines sharing the cache; the kernel drops
+    it when its holder dies, so a killed worker never leaves a stage locked. On a shared file system
+    without working locks (Lustre mounted without ``-o flock``) two runners may compute the same stage at
+    once; each still writes its result atomically, so the cache stays consistent.
+    """
+    with _THREAD_LOCKS_GUARD:
+        in_process = _THREAD_LOCKS.setdefault(str(path), threading.Lock())
+    with in_process, open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -269,19 +308,25 @@ class Cache:
 
     compute: False makes a missing stage raise ``StageMissing`` (with the command that fills it) instead of
     running it: a chapter built with ``compute=False`` only reads results.
+    group: the torchrun process group (``inversion.distributed.from_environment``) when this process is one
+    rank of a data-parallel run: rank 0 decides what to compute and writes; see ``result``.
     """
 
     def __init__(self, params: Params, root: str | os.PathLike | None = None, device: str | None = None,
-                 compute: bool = True, progress: bool = False, log: Callable[[str], None] = _default_log):
+                 compute: bool = True, progress: bool = False, log: Callable[[str], None] = _default_log,
+                 group: distributed.Group | None = None):
         if not isinstance(params, Params):
             raise TypeError("Cache takes a loaded parameter set: inversion.pipeline.load_params(name)")
         self.params = params
         base = Path(root or os.environ.get(CACHE_ENV) or REPO / "cache")
         self.root = base / self.params.name
         self.device = device or self.params.device
-        self.compute, self.progress, self.log = compute, progress, log
+        self.compute, self.progress = compute, progress
+        self.group = group
+        self.log = log if group is None or group.is_main else (lambda msg: None)
         self.computed: list[str] = []  # dirnames computed by this Cache object, in order
         self._compute_seconds = 0.0  # own wall time of every stage computed so far (for nested computes)
+        self._alone = False  # rank 0 is computing a stage the other ranks do not run
 
     def status(self, r: Ref) -> str:
         d = self.root / r.dirname
@@ -293,33 +338,81 @@ class Cache:
     def has(self, r: Ref) -> bool:
         return (self.root / r.dirname / "result.json").exists()
 
+    def _missing(self, r: Ref) -> StageMissing:
+        return StageMissing(
+            f"stage {r.describe()} is not in the cache {self.root} and computing is off. Fill it with\n"
+            f"  python -m inversion.pipeline run --params {self.params.source or self.params.name}")
+
     def result(self, r: Ref, need: tuple[str, ...] = ()) -> Result:
         """The result of ``r``; computed (dependencies first, as needed) if absent or lacking a needed file."""
+        if self.group is not None and not self._alone:
+            return self._result_ranked(r, need)
         d = self.root / r.dirname
         if self._complete(d, need):
             return Result(d)
         if not self.compute:
-            raise StageMissing(
-                f"stage {r.describe()} is not in the cache {self.root} and computing is off. Fill it with\n"
-                f"  python -m inversion.pipeline run --params {self.params.source or self.params.name}")
+            raise self._missing(r)
         self.root.mkdir(parents=True, exist_ok=True)
         with _locked(self.root / f".{r.dirname}.lock"):
             if self._complete(d, need):  # another process finished it while we waited
                 return Result(d)
-            if d.exists():
-                lacking = [n for n in need if not (d / n).exists()]
-                self.log(f"{r.dirname}: result exists but {lacking} is missing (imported without checkpoints?); "
-                         "recomputing the stage")
+            self._note_recompute(d, need)
             return self._compute(r, d)
+
+    def _result_ranked(self, r: Ref, need) -> Result:
+        """``result`` on one rank of a torchrun job. Every rank calls it for the same refs in the same order.
+        Rank 0 takes the stage's lock and decides (cached, missing, compute) for all; a data-parallel stage
+        is then computed by every rank (rank 0's output is kept, the others' thrown away), any other stage
+        by rank 0 alone; a barrier ends the call, so every rank sees the result directory afterwards."""
+        g, d = self.group, self.root / r.dirname
+        if g.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+        with _locked(self.root / f".{r.dirname}.lock") if g.is_main else contextlib.nullcontext():
+            decision = None
+            if g.is_main:
+                decision = "cached" if self._complete(d, need) else "compute" if self.compute else "missing"
+            decision = distributed.broadcast(decision, g)
+            if decision == "cached":
+                return Result(d)
+            if decision == "missing":
+                raise self._missing(r)
+            if g.is_main:
+                self._note_recompute(d, need)
+            if r.stage.data_parallel:
+                with distributed.data_parallel(g):
+                    self._compute(r, d, publish=g.is_main, clear_work=False)
+            elif g.is_main:
+                self._alone = True
+                try:
+                    self._compute(r, d, clear_work=False)
+                finally:
+                    self._alone = False
+            distributed.barrier(g)
+            if g.is_main:
+                shutil.rmtree(self.root / f"{r.dirname}.work", ignore_errors=True)
+            return Result(d)
+
+    def _note_recompute(self, d: Path, need) -> None:
+        if d.exists():
+            lacking = [n for n in need if not (d / n).exists()]
+            self.log(f"{d.name}: result exists but {lacking} is missing (imported without checkpoints?); "
+                     "recomputing the stage")
 
     @staticmethod
     def _complete(d: Path, need) -> bool:
         return (d / "result.json").exists() and all((d / n).exists() for n in need)
 
-    def _compute(self, r: Ref, final: Path) -> Result:
-        tmp = self.root / f".tmp-{r.dirname}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    def _compute(self, r: Ref, final: Path, publish: bool = True, clear_work: bool = True) -> Result | None:
+        """Run the stage into a temporary directory and rename it to ``final`` (``publish``: else throw it
+        away, as a rank other than 0 does). Called with the stage's lock held."""
+        if publish:
+            # Leftovers of a process that died inside this stage (we hold the lock: nobody else writes them).
+            for stale in self.root.glob(f".tmp-{r.dirname}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = self.root / f".tmp-{r.dirname}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+        else:  # a rank other than 0 (no lock held): its output is thrown away, so it goes elsewhere
+            tmp = Path(tempfile.mkdtemp(prefix=f"{r.dirname}-rank-"))
         work = self.root / f"{r.dirname}.work"
         ctx = Context(self, r, tmp, work)
         self.log(f"computing {r.describe()} on {self.device}")
@@ -330,25 +423,30 @@ class Cache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # the .work directory stays, so training can resume
             raise
+        if not publish:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
         # this stage's own time: dependencies it had to compute first record theirs
         wall = time.perf_counter() - t0 - (self._compute_seconds - before)
         self._compute_seconds += wall
+        extra = {} if self.group is None else {"processes": self.group.world_size}
         info = dict(
             stage=r.stage.name, key=r.key, version=r.stage.version, config=r.config,
             deps={k: v.dirname for k, v in r.deps.items()},
             metrics=_jsonable(_finite(metrics)),
             files={p.name: p.stat().st_size for p in sorted(tmp.iterdir())},
-            provenance=provenance(self.device, wall_s=round(wall, 2), param_set=self.params.name),
+            provenance=provenance(self.device, wall_s=round(wall, 2), param_set=self.params.name, **extra),
         )
         atomic_write_text(tmp / "result.json", json.dumps(info, indent=1) + "\n")
         trash = None
         if final.exists():
-            trash = self.root / f".old-{r.dirname}-{os.getpid()}"
+            trash = self.root / f".old-{tmp.name[5:]}"
             os.rename(final, trash)
         os.rename(tmp, final)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if clear_work:
+            shutil.rmtree(work, ignore_errors=True)
         self.computed.append(r.dirname)
         self.log(f"done {r.dirname} in {wall:.1f} s")
         return Result(final)

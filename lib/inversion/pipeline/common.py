@@ -15,6 +15,7 @@ from inversion import data
 from inversion.models.classifier import Classifier, compute_features, load_classifier as _load_classifier_dir
 from inversion.models.pixelcnn import PixelCNNpp
 from inversion.pipeline.cache import Result
+from inversion.training import load_checkpoint
 
 __all__ = ["load_split", "test_split", "first", "load_classifier", "load_inversion", "features",
            "features_and_logits", "torch_threads"]
@@ -48,7 +49,7 @@ def load_classifier(result: Result, device=None) -> Classifier:
 def load_inversion(result: Result, device=None) -> PixelCNNpp:
     """The PixelCNN++ of an ``inversion`` stage result (model.json + model.pt), in eval mode."""
     model = PixelCNNpp(**json.loads(result.path("model.json").read_text()))
-    state = torch.load(result.path("model.pt"), map_location="cpu", weights_only=True)
+    state = load_checkpoint(result.path("model.pt"), map_location="cpu")
     model.load_state_dict(state)
     return model.to(device or "cpu").eval()
 

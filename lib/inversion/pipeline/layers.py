@@ -164,7 +164,7 @@ class NeighboursConfig:
 # =========================================================================================================
 
 
-@stage("classifier", "1", ClassifierStageConfig, checkpoints=("model.pt",))
+@stage("classifier", "1", ClassifierStageConfig, checkpoints=("model.pt",), data_parallel=True)
 def train_classifier_stage(ctx: Context) -> dict:
     """Train a supervised classifier (Appendix A) with early stopping on validation accuracy."""
     c = ctx.config
@@ -195,7 +195,8 @@ def _layer_training_pairs(ctx: Context):
     return dataset, clf, x_tr, features(clf, x_tr, c.layer, ctx.device)
 
 
-@stage("inversion", "1", InversionStageConfig, deps=("classifier",), checkpoints=("model.pt",))
+@stage("inversion", "1", InversionStageConfig, deps=("classifier",), checkpoints=("model.pt",),
+       data_parallel=True)
 def train_inversion(ctx: Context) -> dict:
     """Train a conditional PixelCNN++ p(x | h) on one classifier layer (§4, Appendix A)."""
     c = ctx.config
@@ -234,7 +235,8 @@ def evaluate_nce(ctx: Context) -> dict:
     return s.as_dict()
 
 
-@stage("decoder", "1", DecoderStageConfig, deps=("classifier",), checkpoints=("model.pt",))
+@stage("decoder", "1", DecoderStageConfig, deps=("classifier",), checkpoints=("model.pt",),
+       data_parallel=True)
 def train_decoder_stage(ctx: Context) -> dict:
     """Train the MSE decoder baseline x_hat = f(h) (eq. 3) on one layer; test MSE and reconstructions."""
     c = ctx.config
