@@ -173,3 +173,19 @@ def test_result_records_nothing_of_the_engine(tmp_path, smoke):
     info = json.loads((tmp_path / "a" / "smoke" / r.dirname / "result.json").read_text())
     serial = Cache(smoke, root=tmp_path / "b", log=lambda m: None).result(r)
     assert info["key"] == serial.key and info["metrics"] == serial.metrics
+
+
+def test_the_slurm_recipe_writes_a_gpu_worker_job():
+    """tools/slurm_workers.py --dry-run: the sbatch script of one worker, one GPU, the shared cache, the venv."""
+    env = {**os.environ, "INVERSION_CACHE": ""}
+    proc = subprocess.run([PY, "tools/slurm_workers.py", "--dry-run", "--jobs", "2", "--gpus-per-job", "1",
+                           "--partition", "gpu", "--cache", "/shared/cache"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    script = proc.stdout
+    for want in ("#SBATCH -p gpu", "#SBATCH --gres=gpu:1", "export INVERSION_CACHE=/shared/cache",
+                 f"{PY} -m distributed.cli.dask_worker", "--nthreads 1", "--resources GPU=1"):
+        assert want in script, want
+    missing = subprocess.run([PY, "tools/slurm_workers.py", "--dry-run", "--jobs", "2"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "--cache" in missing.stderr

@@ -1,7 +1,10 @@
 """Build the book: execute every chapter with papermill and a parameter set, then build the static site.
 
     python tools/build_book.py [--params quick] [--out book] [--only layers ...] [--no-build] [--no-execute]
+                               [--workers N]
 
+0. With --workers N (or $WORKERS), the chapters' stages are first computed on a local Dask cluster of N
+   processes (inversion.pipeline.engine); the chapters then find them in the cache.
 1. chapters/<name>.md (MyST-markdown jupytext notebooks, the only sources) are converted in memory and
    executed by papermill with ``params=<set>`` into <out>/<name>.ipynb. The introduction runs last, so it
    can report what the other chapters computed. Heavy steps are cached stages (inversion.pipeline), so a
@@ -30,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = REPO / "chapters"
 # Execution order: the introduction summarises the cache the others fill, so it runs last.
 EXECUTION_ORDER = ("background", "layers", "architectures", "dynamics", "estimators", "intro")
+STAGE_SECTIONS = ("background", "layers", "architectures", "dynamics", "estimators")  # chapters with stages
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vendor  # noqa: E402
@@ -87,12 +91,29 @@ def main(argv=None) -> int:
     ap.add_argument("--no-build", action="store_true", help="execute only; do not build the site")
     ap.add_argument("--read-only", action="store_true", help="chapters only read the stage cache (compute=False)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
+    ap.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 0),
+                    help="first compute the chapters' stages on a local Dask cluster of N worker processes "
+                         "(python -m inversion.pipeline run --workers N); 0 (default): the chapters compute "
+                         "them one after another as they execute")
     args = ap.parse_args(argv)
+    if args.workers < 0:
+        ap.error(f"--workers must be >= 0, got {args.workers}")
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     chapters = chapter_names()
     info = {"params": args.params, "chapters": {}}
     t_all = time.perf_counter()
+    if not args.no_execute and args.workers and not args.read_only:
+        sections = [c for c in chapters if c in STAGE_SECTIONS and (not args.only or c in args.only)]
+        print(f"computing the stages of {', '.join(sections)} on {args.workers} workers ...", flush=True)
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "inversion.pipeline", "run", "--params", args.params, "--workers",
+               str(args.workers), "--only", *sections]
+        if subprocess.run(cmd, cwd=REPO).returncode != 0:
+            print("computing the stages failed (see above)", file=sys.stderr)
+            return 1
+        info["stages_seconds"] = round(time.perf_counter() - t0, 1)
+        info["workers"] = args.workers
     if not args.no_execute:
         extra = {"compute": False} if args.read_only else {}
         for name in chapters:
