@@ -24,6 +24,7 @@ from inversion.models.classifier import (
     n_parameters,
     train_classifier,
 )
+from inversion.training import load_checkpoint
 
 MNIST, CIFAR, AFFNIST = (1, 28, 28), (3, 32, 32), (1, 40, 40)
 
@@ -267,7 +268,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "data.pt"), str(killed), "18"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert torch.load(killed / "state.pt", weights_only=False)["progress"]["step"] == 10  # last checkpoint
+    assert load_checkpoint(killed / "state.pt")["progress"]["step"] == 10  # last checkpoint
     assert (killed / "step_15.pt").exists() and not (killed / "step_25.pt").exists()
 
     resumed_model = small_model(seed=123)  # its initial weights are overwritten by the checkpoint
@@ -279,8 +280,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert resumed.step == reference.step == 30
     assert [(r["step"], r["score"]) for r in resumed.history] == [(r["step"], r["score"]) for r in reference.history]
     for name in ("state.pt", "best.pt", "step_15.pt", "step_25.pt"):
-        a = torch.load(killed / name, weights_only=False)
-        b = torch.load(tmp_path / "uninterrupted" / name, weights_only=False)
+        a = load_checkpoint(killed / name)
+        b = load_checkpoint(tmp_path / "uninterrupted" / name)
         a, b = a.get("model", a), b.get("model", b)
         assert all(torch.equal(a[k], b[k]) for k in b), name
     ref = reference_model.state_dict()
