@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from inversion.bounds import per_image_log_prob
+from inversion.models.inputs import check_context, check_pixels
 from inversion.training import TrainConfig, TrainResult, check_field, fit, write_run_config
 
 LIKELIHOODS = ("softmax", "logistic_mixture")
@@ -507,33 +508,11 @@ class PixelCNNpp(nn.Module):
     # ---- input checks -----------------------------------------------------------------------------
     def check_images(self, x):
         """``x`` itself if it is an integer image batch [N, C, H, W] of this model with values 0..255."""
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"x must be a torch tensor of pixel values 0..255, got {type(x).__name__}")
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"x must have shape [N, {', '.join(map(str, self.image_shape))}], got {list(x.shape)}")
-        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise ValueError(f"x must be an integer tensor of pixel values 0..255 (uint8), got dtype {x.dtype}; "
-                             "convert float images with (x * 255).round().to(torch.uint8)")
-        if x.numel() and (x.min() < 0 or x.max() > 255):
-            raise ValueError(f"x values must lie in 0..255, got range {x.min().item()}..{x.max().item()}")
-        return x
+        return check_pixels(x, self.image_shape)
 
     def check_context(self, context, n):
         """``context`` itself if it suits this model for ``n`` images (None for an unconditional model)."""
-        if self.context_shape is None:
-            if context is not None:
-                raise ValueError("this model is unconditional (context_shape=None) but a context was given")
-            return None
-        if context is None:
-            raise ValueError(f"this model needs a context of shape [N, {', '.join(map(str, self.context_shape))}]")
-        if not isinstance(context, torch.Tensor) or not context.dtype.is_floating_point:
-            raise ValueError("context must be a floating-point torch tensor")
-        if tuple(context.shape) != (n, *self.context_shape):
-            raise ValueError(f"context must have shape [{n}, {', '.join(map(str, self.context_shape))}], "
-                             f"got {list(context.shape)}")
-        if not torch.isfinite(context).all():
-            raise ValueError("context contains NaN or inf")
-        return context
+        return check_context(context, n, self.context_shape)
 
     def on_device(self, context):
         """A context on the model's device and in its dtype (None stays None)."""
