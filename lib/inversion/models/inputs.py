@@ -18,17 +18,18 @@ def _shape(shape: Sequence[int]) -> str:
     return ", ".join(map(str, shape))
 
 
-def check_pixels(x, image_shape: Sequence[int]) -> torch.Tensor:
-    """``x`` itself if it is an integer image batch [N, *image_shape] with values 0..255."""
+def check_pixels(x, image_shape: Sequence[int], what: str = "x") -> torch.Tensor:
+    """``x`` itself if it is an integer image batch [N, *image_shape] with values 0..255 (``what``: its name
+    in the message)."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch tensor of pixel values 0..255, got {type(x).__name__}")
+        raise ValueError(f"{what} must be a torch tensor of pixel values 0..255, got {type(x).__name__}")
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(image_shape):
-        raise ValueError(f"x must have shape [N, {_shape(image_shape)}], got {list(x.shape)}")
+        raise ValueError(f"{what} must have shape [N, {_shape(image_shape)}], got {list(x.shape)}")
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-        raise ValueError(f"x must be an integer tensor of pixel values 0..255 (uint8), got dtype {x.dtype}; "
+        raise ValueError(f"{what} must be an integer tensor of pixel values 0..255 (uint8), got dtype {x.dtype}; "
                          "convert float images with (x * 255).round().to(torch.uint8)")
     if x.numel() and (x.min() < 0 or x.max() > 255):
-        raise ValueError(f"x values must lie in 0..255, got range {x.min().item()}..{x.max().item()}")
+        raise ValueError(f"{what} values must lie in 0..255, got range {x.min().item()}..{x.max().item()}")
     return x
 
 
