@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PARAMS ?= quick
 # WORKERS=N: compute the book's stages on a local Dask cluster of N processes before executing the chapters.
-# Default 0 (one process): on 2 cores it does not pay (bench/results/parallel_stages-*.md).
+# Default 0 (one process): on 2 cores it does not pay (0.82x; bench/results/parallel_stages-quick-dynamics.md).
 WORKERS ?= 0
 # pytest-level parallelism is not worth it on 2 cores; torch uses both.
 PYTEST_ARGS ?=
