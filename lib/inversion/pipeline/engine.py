@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field

@@ -184,7 +184,7 @@ def train_classifier_stage(ctx: Context) -> dict:
                 history=res.history)
 
 
-def _layer_training_pairs(ctx: Context):
+def layer_training_pairs(ctx: Context):
     """(dataset, classifier, training images, their activations at the configured layer): what every model
     that inverts a layer (PixelCNN++ or MSE decoder) is trained on."""
     c = ctx.config
@@ -200,7 +200,7 @@ def _layer_training_pairs(ctx: Context):
 def train_inversion(ctx: Context) -> dict:
     """Train a conditional PixelCNN++ p(x | h) on one classifier layer (§4, Appendix A)."""
     c = ctx.config
-    dataset, clf, x_tr, h_tr = _layer_training_pairs(ctx)
+    dataset, clf, x_tr, h_tr = layer_training_pairs(ctx)
     valid = None
     if c.eval_every and c.n_valid:
         x_va = load_split(dataset, "valid")[0][: c.n_valid]
@@ -240,7 +240,7 @@ def evaluate_nce(ctx: Context) -> dict:
 def train_decoder_stage(ctx: Context) -> dict:
     """Train the MSE decoder baseline x_hat = f(h) (eq. 3) on one layer; test MSE and reconstructions."""
     c = ctx.config
-    dataset, clf, x_tr, h_tr = _layer_training_pairs(ctx)
+    dataset, clf, x_tr, h_tr = layer_training_pairs(ctx)
     x_va = load_split(dataset, "valid")[0][: c.n_valid]
     valid = (features(clf, x_va, c.layer, ctx.device), x_va) if c.eval_every and c.n_valid else None
     torch.manual_seed(c.seed)

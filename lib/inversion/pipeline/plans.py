@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from inversion import data
-from inversion.pipeline import architectures, background, dynamics, estimators, layers
+from inversion.pipeline import architectures, background, dynamics, estimators, inverters, layers
 from inversion.pipeline.cache import Cache, Stage
 from inversion.pipeline.params import Params
 from inversion.pipeline.params import load_params as _load_params
@@ -20,10 +20,10 @@ from inversion.pipeline.schema import ConfigError, closest
 
 __all__ = ["STAGES", "SECTIONS", "load_params", "plan", "selectors", "available", "layers_datasets",
            "DatasetAvailability", "background_results", "layers_results", "architectures_results",
-           "dynamics_results", "estimators_results"]
+           "dynamics_results", "estimators_results", "inverters_results"]
 
 STAGES: dict[str, Stage] = {s.name: s for s in (*background.STAGES, *layers.STAGES, *dynamics.STAGES,
-                                                 *estimators.STAGES)}
+                                                 *estimators.STAGES, *inverters.STAGES)}
 
 # Book sections that have stages, in book order, with the dataclass of their settings.
 SECTIONS: dict[str, type] = {
@@ -32,6 +32,7 @@ SECTIONS: dict[str, type] = {
     "architectures": architectures.ArchitecturesSettings,
     "dynamics": dynamics.DynamicsSettings,
     "estimators": estimators.EstimatorsSettings,
+    "inverters": inverters.InvertersSettings,
 }
 
 
@@ -41,11 +42,14 @@ def load_params(spec="quick", overrides: Mapping | None = None) -> Params:
     P = _load_params(spec, overrides, SECTIONS)
     if "estimators" in P and "dynamics" not in P:
         raise ConfigError(f"{P.source or P.name}: estimators: needs a dynamics section (it runs on its snapshots)")
-    if "estimators" in P:
-        try:  # the sweep's regime and step must name a dynamics regime and checkpoint
+    try:
+        if "estimators" in P:  # the sweep's regime and step must name a dynamics regime and checkpoint
             estimators.estimators_plan(P)
-        except ConfigError as e:
-            raise ConfigError(f"{'override' if overrides else P.source or P.name}: {e}") from None
+        if "inverters" in P:  # its datasets and layers must be §5.1's
+            for d in P.section("inverters").datasets:
+                inverters.inverters_plan(P, d)
+    except ConfigError as e:
+        raise ConfigError(f"{'override' if overrides else P.source or P.name}: {e}") from None
     return P
 
 
@@ -82,6 +86,8 @@ def selectors(P: Params) -> list[str]:
     out = [s for s in SECTIONS if s in P]
     if "layers" in P:
         out += [f"layers:{d}" for d in P.section("layers").datasets]
+    if "inverters" in P:
+        out += [f"inverters:{d}" for d in P.section("inverters").datasets]
     return out
 
 
@@ -110,6 +116,10 @@ def plan(P: Params, only: list[str] | None = None) -> dict:
         out["dynamics"] = dynamics.dynamics_plan(P)
     if "estimators" in P and wanted("estimators"):
         out["estimators"] = estimators.estimators_plan(P)
+    if "inverters" in P:
+        ds = [d for d in P.section("inverters").datasets if wanted("inverters", d)]
+        if ds:
+            out["inverters"] = {d: inverters.inverters_plan(P, d) for d in ds}
     return out
 
 
@@ -139,3 +149,8 @@ def dynamics_results(P: Params, cache: Cache) -> dict:
 def estimators_results(P: Params, cache: Cache) -> dict:
     """The appendix's results, shaped like ``estimators_plan`` with results in place of refs."""
     return cache.results(estimators.estimators_plan(P))
+
+
+def inverters_results(P: Params, dataset: str, cache: Cache) -> dict:
+    """The other inverters' results of one dataset, shaped like ``inverters_plan``."""
+    return cache.results(inverters.inverters_plan(P, dataset))
