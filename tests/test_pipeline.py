@@ -412,14 +412,15 @@ def test_an_override_that_is_valid_changes_the_run():
 def test_the_registry_is_explicit_and_complete():
     stages = plans.STAGES
     assert set(stages) == {"toy_bound", "classifier", "snapshot", "inversion", "nce", "decoder", "samples",
-                           "neighbours", "estimates", "estimator_sweep"}
+                           "neighbours", "estimates", "estimator_sweep", "flow_inversion", "vae_inversion",
+                           "gan_inversion", "supervised_vae", "inverter_eval"}
     assert all(s.name == name for name, s in stages.items())
     for name in ("smoke", "quick", "paper"):
         for r in iter_refs(plans.plan(pipeline.load_params(name))):
             assert stages[r.stage.name] is r.stage, f"{r.stage.name} is planned but not registered"
     # declaring a stage registers nothing anywhere: the test stages of this file are in no registry
     assert "_test_producer" not in stages
-    assert list(plans.SECTIONS) == ["background", "layers", "architectures", "dynamics", "estimators"]
+    assert list(plans.SECTIONS) == ["background", "layers", "architectures", "dynamics", "estimators", "inverters"]
 
 
 def _cli(*args, module="inversion.pipeline", env=None):
@@ -428,7 +429,7 @@ def _cli(*args, module="inversion.pipeline", env=None):
 
 
 @pytest.mark.parametrize("args,match", [
-    (("list", "--params", "smoke", "--only", "bogus"), r"--only 'bogus': not a section of parameter set 'smoke'; valid: background, layers, architectures, dynamics, estimators, layers:mnist, layers:fashion_mnist"),
+    (("list", "--params", "smoke", "--only", "bogus"), r"--only 'bogus': not a section of parameter set 'smoke'; valid: background, layers, architectures, dynamics, estimators, inverters, layers:mnist, layers:fashion_mnist, inverters:mnist"),
     (("list", "--params", "smoke", "--only", "layers:svhn"), r"--only 'layers:svhn'"),
     (("list", "--params", "nosuchset"), r"no parameter set 'nosuchset'"),
     (("show", "--params", "smoke", "ffffffffffff"), r"show: no result matching 'ffffffffffff'"),

@@ -24,7 +24,7 @@ def test_the_plan_shares_the_classifier_and_pixelcnn_of_section_5_1(smoke):
     assert plan["classifier"].key == base["classifier"].key
     assert plan["pixelcnn"]["fc3"]["nce"].key == base["layers"]["fc3"]["nce"].key
     for family in inverters.FAMILIES:
-        for layer in smoke.section("inverters").layers:
+        for layer in smoke.section("layers").layers:  # the section names none: §5.1's
             m, e = plan["families"][family][layer]["model"], plan["families"][family][layer]["evaluation"]
             assert m.stage.name == f"{family}_inversion" and m.config["layer"] == layer
             assert e.deps["model"] is m and e.config["family"] == family
@@ -35,6 +35,7 @@ def test_the_plan_shares_the_classifier_and_pixelcnn_of_section_5_1(smoke):
 @pytest.mark.parametrize("override, message", [
     ({"inverters": {"families": ["flow", "diffusion"]}}, "unknown family 'diffusion'"),
     ({"inverters": {"layers": ["fc1"]}}, "are not §5.1 layers"),
+    ({"inverters": {"layers": ["fc3"]}, "layers": {"layers": ["conv1", "logits"]}}, "are not §5.1 layers"),
     ({"inverters": {"datasets": ["fashion_mnist"]}, "layers": {"datasets": ["mnist"]}}, "must also be a §5.1 dataset"),
     ({"inverters": {"flow": {"n_scales": 0}}}, "n_scales"),
     ({"inverters": {"vae": {"latnet_dim": 3}}}, "did you mean 'latent_dim'"),
@@ -70,3 +71,10 @@ def test_every_family_trains_and_is_evaluated(tmp_path, smoke):
         cache.result(bad)
     svae = cache.result(plan["supervised_vae"]).metrics
     assert 0 <= svae["test_accuracy"] <= 1 and svae["elbo_nats"] < 0
+
+
+def test_without_its_own_layers_the_section_follows_section_5_1():
+    P = pipeline.load_params("smoke", {"layers": {"layers": ["conv1", "logits"]}})
+    plan = inverters.inverters_plan(P, "mnist")
+    assert list(plan["pixelcnn"]) == ["conv1", "logits"]
+    assert all(list(per_layer) == ["conv1", "logits"] for per_layer in plan["families"].values())

@@ -42,7 +42,8 @@ from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError
 from inversion.training import load_checkpoint
 
-__all__ = ["FAMILIES", "FLOW", "VAE", "GAN", "SUPERVISED_VAE", "EVALUATE", "InvertersSettings", "inverters_plan"]
+__all__ = ["FAMILIES", "FLOW", "VAE", "GAN", "SUPERVISED_VAE", "EVALUATE", "InvertersSettings", "inverters_plan",
+           "inverter_datasets"]
 
 FAMILIES = ("flow", "vae", "gan")  # the stage of each is <family>_inversion
 MODEL_CLASSES = {"flow": ConditionalFlow, "vae": ConditionalVAE, "gan": Generator}
@@ -331,10 +332,11 @@ class InvertersEvaluation:
 
 @dataclass(frozen=True, kw_only=True)
 class InvertersSettings:
-    """The ``inverters`` section: on which datasets and layers (a subset of §5.1's), and each family's model."""
+    """The ``inverters`` section: on which datasets and layers (None: §5.1's own, so an override of §5.1's
+    layers carries over; given, they must be among §5.1's), and each family's model."""
 
-    datasets: tuple[str, ...]
-    layers: tuple[str, ...]
+    datasets: tuple[str, ...] | None = None
+    layers: tuple[str, ...] | None = None
     families: tuple[str, ...] = FAMILIES
     flow: FlowSettings = field(default_factory=FlowSettings)
     vae: VAESettings = field(default_factory=VAESettings)
@@ -344,20 +346,26 @@ class InvertersSettings:
     per_layer: dict[str, dict] = field(default_factory=dict)  # {layer: partial settings}
 
     def __post_init__(self):
-        if not self.datasets:
-            raise ValueError("datasets: give at least one dataset")
-        for i, d in enumerate(self.datasets):
-            if d not in data.DATASETS:
-                raise ConfigError(f"datasets[{i}]: unknown dataset {d!r}; datasets: {', '.join(data.DATASETS)}")
-        if not self.layers:
-            raise ValueError("layers: give at least one layer (of §5.1's layers)")
+        if self.datasets is not None:
+            if not self.datasets:
+                raise ValueError("datasets: give at least one dataset, or leave it out for §5.1's")
+            for i, d in enumerate(self.datasets):
+                if d not in data.DATASETS:
+                    raise ConfigError(f"datasets[{i}]: unknown dataset {d!r}; datasets: {', '.join(data.DATASETS)}")
+        if self.layers is not None and not self.layers:
+            raise ValueError("layers: give at least one layer, or leave it out for §5.1's")
         for i, f in enumerate(self.families):
             if f not in FAMILIES:
                 raise ConfigError(f"families[{i}]: unknown family {f!r}; families: {', '.join(FAMILIES)}")
 
     def combinations(self, raw: Mapping) -> list[tuple]:
         """Every (dataset, layer, arch) whose merged settings differ from the section's: validated at load."""
-        return [(d, layer, None) for layer in raw.get("per_layer") or {} for d in self.datasets]
+        return [(d, layer, None) for layer in raw.get("per_layer") or {} for d in (self.datasets or [None])]
+
+
+def inverter_datasets(P: Params) -> tuple[str, ...]:
+    """The datasets of the inverters section: its own, or §5.1's when it names none."""
+    return P.section("inverters").datasets or P.section("layers").datasets
 
 
 def inverters_plan(P: Params, dataset: str) -> dict:
@@ -368,17 +376,22 @@ def inverters_plan(P: Params, dataset: str) -> dict:
     "evaluation"}}}, "supervised_vae"}."""
     S = P.section("inverters", dataset)
     if "layers" not in P or dataset not in P.section("layers").datasets:
-        raise ConfigError(f"inverters: dataset {dataset!r} must also be a §5.1 dataset (layers.datasets)")
-    missing = [layer for layer in S.layers if layer not in P.section("layers").layers]
+        raise ConfigError(f"inverters: dataset {dataset!r} must also be a §5.1 dataset (layers.datasets: "
+                          f"{', '.join(P.section('layers').datasets) if 'layers' in P else 'none'}); "
+                          "leave inverters.datasets out to follow §5.1's")
+    section_layers = P.section("layers").layers
+    layers = S.layers or section_layers
+    missing = [layer for layer in layers if layer not in section_layers]
     if missing:
-        raise ConfigError(f"inverters.layers: {missing} are not §5.1 layers ({', '.join(P.section('layers').layers)})")
+        raise ConfigError(f"inverters.layers: {missing} are not §5.1 layers ({', '.join(section_layers)}); "
+                          "leave inverters.layers out to follow §5.1's")
     base = layers_plan(P, dataset)
     clf = base["classifier"]
     ev = S.evaluation
     plan = {"classifier": clf, "families": {f: {} for f in S.families},
             "pixelcnn": {layer: {k: base["layers"][layer][k] for k in ("inversion", "nce", "samples")}
-                         for layer in S.layers}}
-    for layer in S.layers:
+                         for layer in layers}}
+    for layer in layers:
         L = P.section("inverters", dataset, layer)
         for family in S.families:
             model = ref(TRAIN[family], {**asdict(getattr(L, family)), "layer": layer}, classifier=clf)

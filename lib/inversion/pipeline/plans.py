@@ -46,7 +46,7 @@ def load_params(spec="quick", overrides: Mapping | None = None) -> Params:
         if "estimators" in P:  # the sweep's regime and step must name a dynamics regime and checkpoint
             estimators.estimators_plan(P)
         if "inverters" in P:  # its datasets and layers must be §5.1's
-            for d in P.section("inverters").datasets:
+            for d in inverters.inverter_datasets(P):
                 inverters.inverters_plan(P, d)
     except ConfigError as e:
         raise ConfigError(f"{'override' if overrides else P.source or P.name}: {e}") from None
@@ -87,7 +87,7 @@ def selectors(P: Params) -> list[str]:
     if "layers" in P:
         out += [f"layers:{d}" for d in P.section("layers").datasets]
     if "inverters" in P:
-        out += [f"inverters:{d}" for d in P.section("inverters").datasets]
+        out += [f"inverters:{d}" for d in inverters.inverter_datasets(P)]
     return out
 
 
@@ -117,7 +117,7 @@ def plan(P: Params, only: list[str] | None = None) -> dict:
     if "estimators" in P and wanted("estimators"):
         out["estimators"] = estimators.estimators_plan(P)
     if "inverters" in P:
-        ds = [d for d in P.section("inverters").datasets if wanted("inverters", d)]
+        ds = [d for d in inverters.inverter_datasets(P) if wanted("inverters", d)]
         if ds:
             out["inverters"] = {d: inverters.inverters_plan(P, d) for d in ds}
     return out
