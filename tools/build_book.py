@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = REPO / "chapters"
 # Execution order: the introduction summarises the cache the others fill, so it runs last.
-EXECUTION_ORDER = ("background", "layers", "architectures", "dynamics", "estimators", "intro")
-STAGE_SECTIONS = ("background", "layers", "architectures", "dynamics", "estimators")  # chapters with stages
+EXECUTION_ORDER = ("background", "layers", "architectures", "dynamics", "inverters", "estimators", "intro")
+STAGE_SECTIONS = ("background", "layers", "architectures", "dynamics", "inverters", "estimators")  # with stages
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vendor  # noqa: E402

@@ -25,11 +25,11 @@ Modules, imported one way (each only imports those above it):
 from inversion.pipeline.cache import Cache, Ref, Result, StageMissing
 from inversion.pipeline.params import PARAMS_DIR, Params
 from inversion.pipeline.plans import SECTIONS, STAGES, DatasetAvailability, architectures_results, available, \
-    background_results, dynamics_results, estimators_results, inverters_results, layers_datasets, layers_results, \
-    load_params, plan
+    background_results, dynamics_results, estimators_results, inverter_datasets, inverters_results, layers_datasets, \
+    layers_results, load_params, plan
 from inversion.pipeline.schema import ConfigError
 
 __all__ = ["Cache", "Ref", "Result", "StageMissing", "PARAMS_DIR", "Params", "SECTIONS", "STAGES",
            "DatasetAvailability", "available", "layers_datasets", "load_params", "plan", "background_results",
            "layers_results", "architectures_results", "dynamics_results", "estimators_results", "inverters_results",
-           "ConfigError"]
+           "inverter_datasets", "ConfigError"]

@@ -372,8 +372,8 @@ def inverters_plan(P: Params, dataset: str) -> dict:
     """Refs of the chapter for one dataset: §5.1's classifier and PixelCNN++ results, and per layer each
     family's trained model and evaluation, plus the supervised VAE.
 
-    Returns {"classifier", "pixelcnn": {layer: {"nce", "samples"}}, "families": {family: {layer: {"model",
-    "evaluation"}}}, "supervised_vae"}."""
+    Returns {"classifier", "pixelcnn": {layer: {"inversion", "nce", "samples"}}, "families": {family: {layer:
+    {"model", "evaluation"}}}, "decoder": {layer}, "neighbours": {layer}, "supervised_vae"}."""
     S = P.section("inverters", dataset)
     if "layers" not in P or dataset not in P.section("layers").datasets:
         raise ConfigError(f"inverters: dataset {dataset!r} must also be a §5.1 dataset (layers.datasets: "
@@ -397,6 +397,8 @@ def inverters_plan(P: Params, dataset: str) -> dict:
             model = ref(TRAIN[family], {**asdict(getattr(L, family)), "layer": layer}, classifier=clf)
             evaluation = ref(EVALUATE, {"family": family, **asdict(ev)}, classifier=clf, model=model)
             plan["families"][family][layer] = {"model": model, "evaluation": evaluation}
+    plan["decoder"] = {layer: base["layers"][layer]["decoder"] for layer in layers}  # the MSE baseline
+    plan["neighbours"] = {layer: base["layers"][layer]["neighbours"] for layer in layers}  # Table 1's 1NN
     plan["supervised_vae"] = ref(SUPERVISED_VAE, {**asdict(S.supervised_vae), "dataset": dataset,
                                                   "n_test": ev.n_test, "n_images": ev.n_images,
                                                   "n_samples": ev.n_samples})

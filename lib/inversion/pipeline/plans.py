@@ -20,7 +20,7 @@ from inversion.pipeline.schema import ConfigError, closest
 
 __all__ = ["STAGES", "SECTIONS", "load_params", "plan", "selectors", "available", "layers_datasets",
            "DatasetAvailability", "background_results", "layers_results", "architectures_results",
-           "dynamics_results", "estimators_results", "inverters_results"]
+           "dynamics_results", "estimators_results", "inverters_results", "inverter_datasets"]
 
 STAGES: dict[str, Stage] = {s.name: s for s in (*background.STAGES, *layers.STAGES, *dynamics.STAGES,
                                                  *estimators.STAGES, *inverters.STAGES)}
@@ -149,6 +149,11 @@ def dynamics_results(P: Params, cache: Cache) -> dict:
 def estimators_results(P: Params, cache: Cache) -> dict:
     """The appendix's results, shaped like ``estimators_plan`` with results in place of refs."""
     return cache.results(estimators.estimators_plan(P))
+
+
+def inverter_datasets(P: Params) -> tuple[str, ...]:
+    """The datasets of the other-inverters chapter (its own, or §5.1's)."""
+    return inverters.inverter_datasets(P)
 
 
 def inverters_results(P: Params, dataset: str, cache: Cache) -> dict:

@@ -1,0 +1,232 @@
+"""The other inverters in numbers and pictures: one bound in nats across families, Table 1's distances,
+sample diversity, cost; claims that put the paper's case for autoregressive inverters (§2) to a measurement.
+
+``inverters_summary`` turns the results of ``pipeline.inverters`` into an ``InvertersSummary``; ``table_rows``
+gives the cross-family table; ``inverter_claims`` checks three claims by stated criteria, each against the
+noise of its comparison; ``samples_figure`` and ``scrubber_panels`` draw the families' samples side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from inversion.bounds import paired_difference
+from inversion.reports.common import Claim, Difference, Estimate, fmt, image_grid, layer_label
+
+FAMILY_LABELS = {"pixelcnn": "PixelCNN++", "flow": "conditional flow (INN)", "vae": "conditional VAE",
+                 "gan": "feedforward GAN"}
+BOUND_NAMES = {"pixelcnn": "NCE (exact likelihood)", "flow": "dequantized bound", "vae": "ELBO", "gan": "none"}
+DIVERSITY_LAYERS = ("fc3", "logits")  # where the paper argues a GAN's samples would collapse (§5.1)
+
+
+def family_label(family: str) -> str:
+    return FAMILY_LABELS.get(family, family)
+
+
+@dataclass(frozen=True)
+class InverterRow:
+    """One family at one layer. ``bound``: nats per image on the first ``n_bound`` test images (PixelCNN++:
+    its NCE; flow: the dequantized bound; VAE: the ELBO; GAN: None, it has no likelihood). ``diversity``: the
+    mean pixel L1 (in [0, 1] units) between two samples of the same h, averaged over test images."""
+
+    family: str
+    layer: str
+    bound: Estimate | None
+    iwae: Estimate | None
+    bits_per_dim: float | None
+    n_bound: int
+    im_s: float
+    im_s_stderr: float | None
+    im_nn: float
+    class_agreement: float
+    diversity: float
+    train_minutes: float
+    samples_per_second: float
+
+
+@dataclass(frozen=True)
+class InvertersSummary:
+    """The numbers of one run of the chapter. ``tightest[layer]``: PixelCNN++'s NCE minus the best other
+    family's bound (``best_other[layer]``), paired over the test images both used, with its test-set standard
+    error (the seed-to-seed spread of training is not measured here, so it is a lower bound on the noise).
+    ``diversity_gap[layer]``: the GAN's diversity minus PixelCNN++'s, paired over the same test images.
+    ``nn1[layer]``: the mean L1 from a test image's h to its nearest training image's (Table 1's 1NN)."""
+
+    dataset: str
+    layers: list[str]
+    families: list[str]  # "pixelcnn" first, then the other families of the run
+    rows: dict[tuple[str, str], InverterRow]
+    tightest: dict[str, Difference]
+    best_other: dict[str, str]
+    diversity_gap: dict[str, Difference]
+    nn1: dict[str, float]
+    classifier_accuracy: float
+    supervised_accuracy: float
+    supervised_elbo: Estimate
+    n_images: int
+    n_samples: int
+
+
+def per_image_diversity(samples: np.ndarray) -> np.ndarray:
+    """Mean pixel L1 between every two samples of each image: [n, k, C, H, W] uint8 -> [n] (NaN if k < 2)."""
+    n, k = samples.shape[:2]
+    xs = samples.reshape(n, k, -1).astype(np.float64) / 255.0
+    if k < 2:
+        return np.full(n, np.nan)
+    pairs = [np.abs(xs[:, a] - xs[:, b]).mean(1) for a in range(k) for b in range(a + 1, k)]
+    return np.mean(pairs, axis=0)
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> Difference:
+    n = min(len(a), len(b))
+    d, se = paired_difference(np.asarray(a[:n], dtype=np.float64), np.asarray(b[:n], dtype=np.float64))
+    return Difference(d, se)
+
+
+def inverters_summary(R: Mapping) -> InvertersSummary:
+    """The numbers of ``pipeline.inverters_results``."""
+    clf = R["classifier"]
+    layers = list(R["pixelcnn"])
+    others = list(R["families"])
+    rows, bounds, diversity = {}, {}, {}
+    for layer in layers:
+        p = R["pixelcnn"][layer]
+        nce, smp = p["nce"].metrics, p["samples"]
+        bounds[("pixelcnn", layer)] = p["nce"].arrays("log_probs.npy")["array"]
+        diversity[("pixelcnn", layer)] = per_image_diversity(smp.arrays("samples.npz")["samples"])
+        rows[("pixelcnn", layer)] = InverterRow(
+            "pixelcnn", layer, Estimate(nce["nats"], nce["stderr"]), None, nce["bits_per_dim"], p["nce"].config["n_test"],
+            smp.metrics["im_s"], smp.metrics.get("im_s_stderr"), smp.metrics["im_nn"], smp.metrics["class_agreement"],
+            float(np.nanmean(diversity[("pixelcnn", layer)])), p["inversion"].metrics["train_seconds"] / 60,
+            smp.metrics["samples_per_second"])
+        for family in others:
+            m, ev = R["families"][family][layer]["model"], R["families"][family][layer]["evaluation"]
+            e = ev.metrics
+            has_bound = "bound_nats" in e
+            if has_bound:
+                bounds[(family, layer)] = ev.arrays("log_probs.npy")["array"]
+            diversity[(family, layer)] = ev.arrays("samples.npz")["diversity"]
+            rows[(family, layer)] = InverterRow(
+                family, layer, Estimate(e["bound_nats"], e["bound_stderr"]) if has_bound else None,
+                Estimate(e["iwae_nats"], e["iwae_stderr"]) if "iwae_nats" in e else None,
+                e.get("bits_per_dim"), ev.config["n_test"] if has_bound else 0, e["im_s"], e.get("im_s_stderr"), e["im_nn"],
+                e["class_agreement"], e["diversity"], m.metrics["train_seconds"] / 60, e["samples_per_second"])
+    tightest, best_other, diversity_gap = {}, {}, {}
+    for layer in layers:
+        candidates = {f: rows[(f, layer)].bound.value for f in others if rows[(f, layer)].bound is not None}
+        if candidates:
+            best = max(candidates, key=candidates.get)
+            best_other[layer] = best
+            tightest[layer] = _paired(bounds[("pixelcnn", layer)], bounds[(best, layer)])
+        if "gan" in others:
+            diversity_gap[layer] = _paired(diversity[("gan", layer)], diversity[("pixelcnn", layer)])
+    sv = R["supervised_vae"].metrics
+    ev0 = R["families"][others[0]][layers[0]]["evaluation"] if others else None
+    return InvertersSummary(
+        dataset=clf.config["dataset"], layers=layers, families=["pixelcnn", *others], rows=rows, tightest=tightest,
+        best_other=best_other, diversity_gap=diversity_gap,
+        nn1={layer: R["neighbours"][layer].metrics["nn1"] for layer in layers if layer in R.get("neighbours", {})},
+        classifier_accuracy=clf.metrics["test_accuracy"], supervised_accuracy=sv["test_accuracy"],
+        supervised_elbo=Estimate(sv["elbo_nats"], sv["elbo_stderr"]),
+        n_images=ev0.config["n_images"] if ev0 else 0, n_samples=ev0.config["n_samples"] if ev0 else 0)
+
+
+TABLE_HEADER = ["layer", "inverter", "bound (nats/image) ± s.e.", "bits/dim", "IWAE (nats)", "IM-S", "IM-NN",
+                "same class", "diversity", "train (min)", "samples/s"]
+
+
+def table_rows(s: InvertersSummary) -> list[tuple]:
+    """The cross-family table, one row per (layer, family)."""
+    out = []
+    for layer in s.layers:
+        for f in s.families:
+            r = s.rows[(f, layer)]
+            bound = f"{r.bound.value:.1f} ± {r.bound.stderr:.1f}" if r.bound else "none (no likelihood)"
+            out.append((layer_label(layer), family_label(f), bound, fmt(r.bits_per_dim, ".3f"),
+                        f"{r.iwae.value:.1f}" if r.iwae else "", fmt(r.im_s, ".3f"), fmt(r.im_nn, ".3f"),
+                        f"{r.class_agreement:.0%}", fmt(r.diversity, ".3f"), fmt(r.train_minutes, ".1f"),
+                        fmt(r.samples_per_second, ".3g")))
+    return out
+
+
+def _decide(d: Difference, favourable_sign: int) -> bool | None:
+    """True when the difference has the claimed sign beyond 2 noise units, False when it has the other sign
+    beyond 2 units, None (undecided at this budget) otherwise."""
+    if d.noise <= 0 or not np.isfinite(d.value):
+        return None
+    z = favourable_sign * d.value / d.noise
+    return True if z > 2 else False if z < -2 else None
+
+
+def inverter_claims(s: InvertersSummary) -> list[Claim]:
+    """Three claims per run, each judged against the noise of its comparison (see ``_decide``)."""
+    claims = []
+    for layer in s.layers:
+        if layer in s.tightest:
+            d, best = s.tightest[layer], family_label(s.best_other[layer])
+            claims.append(Claim(
+                f"{layer_label(layer)}: the autoregressive model gives the tightest bound on log p(x | h)",
+                "§2: exact likelihood, so the best bound (no comparison in the paper)",
+                f"PixelCNN++ − {best} = {d.value:+.1f} ± {d.noise:.1f} nats", _decide(d, +1),
+                "paired difference beyond ±2 s.e. (test set only: the seed spread is not measured)",
+                kind="bound", layer=layer))
+    for layer in [l for l in DIVERSITY_LAYERS if l in s.diversity_gap]:
+        d = s.diversity_gap[layer]
+        claims.append(Claim(
+            f"{layer_label(layer)}: a GAN's samples vary less than PixelCNN++'s",
+            "§5.1: GAN inversions need a tuned entropy term; likelihood models keep the spread",
+            f"diversity GAN − PixelCNN++ = {d.value:+.3f} ± {d.noise:.3f}", _decide(d, -1),
+            "paired per-image difference of mean pixel L1 between samples, beyond ±2 s.e.",
+            kind="diversity", layer=layer))
+    for layer in s.layers:
+        if ("flow", layer) in s.rows and layer in s.nn1:
+            r = s.rows[("flow", layer)]
+            gap = Difference(s.nn1[layer] - r.im_s, r.im_s_stderr or 0.0)
+            claims.append(Claim(
+                f"{layer_label(layer)}: the INN's samples map back to h (closer than the nearest training image)",
+                "Rombach et al. 2020: samples for one h share its representation",
+                f"1NN − IM-S = {gap.value:+.3f} ± {gap.noise:.3f}", _decide(gap, +1),
+                "Table 1's comparison: IM-S below the nearest training image's distance (1NN), beyond ±2 s.e. "
+                "of IM-S", kind="flow", layer=layer))
+    return claims
+
+
+def samples_figure(inputs: np.ndarray, per_family: Mapping[str, np.ndarray], n_samples: int = 3,
+                   title: str | None = None):
+    """One row per test image: the input, then ``n_samples`` samples of each family ([n, K, C, H, W] each)."""
+    columns, groups = [("input", inputs)], [("", 1)]
+    for f, smp in per_family.items():
+        k = min(n_samples, smp.shape[1])
+        columns += [(f"{j + 1}", smp[:, j]) for j in range(k)]
+        groups.append((family_label(f), k))
+    return image_grid(columns, groups, title=title, row_labels=[f"image {i + 1}" for i in range(len(inputs))])
+
+
+def family_samples(R: Mapping, layer: str, n_images: int) -> dict[str, np.ndarray]:
+    """{family: samples [n, K, C, H, W]} at ``layer`` for the first ``n_images`` test images, PixelCNN++ first;
+    every family cut to the smallest number of samples any of them drew."""
+    out = {"pixelcnn": R["pixelcnn"][layer]["samples"].arrays("samples.npz")["samples"][:n_images]}
+    for f in R["families"]:
+        out[f] = R["families"][f][layer]["evaluation"].arrays("samples.npz")["samples"][:n_images]
+    k = min(v.shape[1] for v in out.values())
+    return {f: v[:, :k] for f, v in out.items()}
+
+
+def scrubber_panels(R: Mapping, n_images: int) -> dict:
+    """Panels for ``widgets.scrubber`` with one entry per inverter (its menu), the MSE reconstruction beside."""
+    from inversion import data
+
+    layers = list(R["pixelcnn"])
+    dataset = R["classifier"].config["dataset"]
+    per_layer = {layer: family_samples(R, layer, n_images) for layer in layers}
+    n = min(min(len(v) for v in fam.values()) for fam in per_layer.values())
+    x, y = data.load(dataset, "test")
+    inputs, labels = x[:n].numpy(), [str(int(v)) for v in y[:n]]
+    recon = {layer: R["decoder"][layer].arrays("reconstructions.npz")["images"][:n] for layer in layers}
+    families = list(per_layer[layers[0]])
+    return {family_label(f): {"inputs": inputs, "labels": labels,
+                              "layers": {layer: {"samples": per_layer[layer][f][:n], "recon": recon[layer]}
+                                         for layer in layers}} for f in families}
