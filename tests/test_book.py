@@ -26,6 +26,7 @@ TITLES = {"intro": "Inverting supervised representations: a reproducible book",
           "layers": "Inverting the layers of a classifier",
           "architectures": "Comparing architectures on affNIST",
           "dynamics": "Training dynamics: compression during training",
+          "inverters": "Other ways to invert a layer",
           "estimators": "Appendix: other estimators of mutual information"}
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 PLAYWRIGHT = REPO / "tests" / "browser" / "node_modules" / "playwright-core"
