@@ -38,9 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inversion.bounds import per_image_log_prob
+from inversion.models.density_training import fit_density
 from inversion.models.inputs import check_context, check_pixels
-from inversion.training import TrainConfig, TrainResult, check_field, fit, write_run_config
+from inversion.training import TrainConfig, TrainResult, check_field, write_run_config
 
 LIKELIHOODS = ("softmax", "logistic_mixture")
 
@@ -682,24 +682,7 @@ def train_pixelcnn(model: PixelCNNpp, images, contexts, workdir, config: PixelCN
     """
     write_run_config(workdir, dict(model=model.config, lr=config.lr, lr_decay=config.lr_decay,
                                    batch_size=config.batch_size, bf16=config.bf16, seed=config.seed))
-    conditional = contexts is not None
-    data = [images, contexts] if conditional else [images]
-
-    def loss_fn(m, batch):
-        return -m.log_prob(batch[0], batch[1] if conditional else None).mean()
-
-    def on_start(m, batch):
-        m.data_init(batch[0], batch[1] if conditional else None)
-
-    eval_fn = None
-    if valid is not None:
-
-        def eval_fn(m):
-            lp = per_image_log_prob(m, valid[0], valid[1], batch_size=max(config.batch_size, 64), progress=False)
-            return {"score": lp.mean().item(), "valid_nats": lp.mean().item()}
-
     loop = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, lr_decay=config.lr_decay,
                        adam_betas=(0.95, 0.9995), eval_every=config.eval_every, patience=config.patience,
                        checkpoint_every=checkpoint_every, bf16=config.bf16, seed=config.seed, progress=progress)
-    return fit(model, loss_fn, data, loop, workdir, eval_fn=eval_fn, on_start=on_start, device=device, desc=desc,
-               restore_best=True)
+    return fit_density(model, images, contexts, workdir, loop, valid=valid, device=device, desc=desc)

@@ -20,6 +20,7 @@ The PixelCNN++ of each layer is §5.1's own (``layers_plan``): same classifier r
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -145,8 +146,6 @@ class EvaluationConfig:
 
 
 def _save_model(ctx: Context, model: torch.nn.Module) -> None:
-    import json
-
     torch.save(model.state_dict(), ctx.out / "model.pt")
     (ctx.out / "model.json").write_text(json.dumps(model.config, indent=1))
 
@@ -226,8 +225,6 @@ def train_supervised_vae_stage(ctx: Context) -> dict:
 
 def load_inverter(result, family: str, device) -> torch.nn.Module:
     """The trained model of a ``<family>_inversion`` result, in eval mode."""
-    import json
-
     model = MODEL_CLASSES[family](**json.loads(result.path("model.json").read_text()))
     model.load_state_dict(load_checkpoint(result.path("model.pt"), map_location="cpu"))
     return model.to(device).eval()
