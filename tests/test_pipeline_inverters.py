@@ -78,3 +78,32 @@ def test_without_its_own_layers_the_section_follows_section_5_1():
     plan = inverters.inverters_plan(P, "mnist")
     assert list(plan["pixelcnn"]) == ["conv1", "logits"]
     assert all(list(per_layer) == ["conv1", "logits"] for per_layer in plan["families"].values())
+
+
+def test_replicate_seeds_add_models_that_differ_only_in_their_seed():
+    P = pipeline.load_params("smoke", {"inverters": {"per_layer": {"fc3": {"replicate_seeds": [1, 2]}}}})
+    plan = inverters.inverters_plan(P, "mnist")
+    assert list(plan["replicates"]) == ["fc3"]  # only where the layer asks for them
+    reps = plan["replicates"]["fc3"]
+    assert set(reps) == {"pixelcnn", "flow", "vae"}  # the GAN has no bound to spread
+    main_inv = plan["pixelcnn"]["fc3"]["inversion"]
+    for seed, nce in reps["pixelcnn"].items():
+        inv = nce.deps["inversion"]
+        assert {k: v for k, v in inv.config.items() if k != "seed"} == \
+            {k: v for k, v in main_inv.config.items() if k != "seed"} and inv.config["seed"] == seed
+    for family in ("flow", "vae"):
+        main = plan["families"][family]["fc3"]["model"]
+        for seed, ev in reps[family].items():
+            m = ev.deps["model"]
+            assert m.config == {**main.config, "seed": seed} and ev.config == plan["families"][family]["fc3"]["evaluation"].config
+    refs = list(iter_refs(plan))
+    assert len({r.dirname for r in refs}) == len(refs)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"inverters": {"replicate_seeds": [1, 1]}}, "repeats a seed"),
+    ({"inverters": {"replicate_seeds": [0]}}, "seed 0 is the main model"),
+])
+def test_bad_replicate_seeds(override, message):
+    with pytest.raises(ConfigError, match=message):
+        inverters.inverters_plan(pipeline.load_params("smoke", override), "mnist")

@@ -38,7 +38,7 @@ from inversion.models.vae import ConditionalVAE, SupervisedVAE, SupervisedVAECon
     train_vae
 from inversion.pipeline.cache import Context, ref, stage
 from inversion.pipeline.common import features, features_and_logits, first, load_classifier, load_split, test_split
-from inversion.pipeline.layers import check_dataset, layer_training_pairs, layers_plan
+from inversion.pipeline.layers import check_dataset, layer_training_pairs, layers_plan, replicate_nces
 from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError
 from inversion.training import load_checkpoint
@@ -47,6 +47,7 @@ __all__ = ["FAMILIES", "FLOW", "VAE", "GAN", "SUPERVISED_VAE", "EVALUATE", "Inve
            "inverter_datasets"]
 
 FAMILIES = ("flow", "vae", "gan")  # the stage of each is <family>_inversion
+BOUNDED = ("flow", "vae")  # the families with a bound on log P(x | h) (the GAN has none)
 MODEL_CLASSES = {"flow": ConditionalFlow, "vae": ConditionalVAE, "gan": Generator}
 
 
@@ -340,6 +341,10 @@ class InvertersSettings:
     gan: GANSettings = field(default_factory=GANSettings)
     supervised_vae: SupervisedVAESettings = field(default_factory=SupervisedVAESettings)
     evaluation: InvertersEvaluation = field(default_factory=InvertersEvaluation)
+    # Extra seeds of every inverter with a bound (PixelCNN++, flow, VAE): the seed-to-seed spread of their
+    # bounds, the part of a difference between families that the test-set standard error does not see.
+    # Per layer through ``per_layer`` (e.g. {fc3: {replicate_seeds: [1]}}) where the budget is short.
+    replicate_seeds: tuple[int, ...] = ()
     per_layer: dict[str, dict] = field(default_factory=dict)  # {layer: partial settings}
 
     def __post_init__(self):
@@ -354,6 +359,8 @@ class InvertersSettings:
         for i, f in enumerate(self.families):
             if f not in FAMILIES:
                 raise ConfigError(f"families[{i}]: unknown family {f!r}; families: {', '.join(FAMILIES)}")
+        if len(set(self.replicate_seeds)) != len(self.replicate_seeds):
+            raise ConfigError(f"replicate_seeds: {list(self.replicate_seeds)} repeats a seed; give each once")
 
     def combinations(self, raw: Mapping) -> list[tuple]:
         """Every (dataset, layer, arch) whose merged settings differ from the section's: validated at load."""
@@ -370,7 +377,9 @@ def inverters_plan(P: Params, dataset: str) -> dict:
     family's trained model and evaluation, plus the supervised VAE.
 
     Returns {"classifier", "pixelcnn": {layer: {"inversion", "nce", "samples"}}, "families": {family: {layer:
-    {"model", "evaluation"}}}, "decoder": {layer}, "neighbours": {layer}, "supervised_vae"}."""
+    {"model", "evaluation"}}}, "replicates": {layer: {family: {seed: ref}}} (the NCE of a PixelCNN++, the
+    evaluation of a flow or VAE, trained with another seed; layers without ``replicate_seeds`` absent),
+    "decoder": {layer}, "neighbours": {layer}, "supervised_vae"}."""
     S = P.section("inverters", dataset)
     if "layers" not in P or dataset not in P.section("layers").datasets:
         raise ConfigError(f"inverters: dataset {dataset!r} must also be a §5.1 dataset (layers.datasets: "
@@ -388,12 +397,32 @@ def inverters_plan(P: Params, dataset: str) -> dict:
     plan = {"classifier": clf, "families": {f: {} for f in S.families},
             "pixelcnn": {layer: {k: base["layers"][layer][k] for k in ("inversion", "nce", "samples")}
                          for layer in layers}}
+    plan["replicates"] = {}
     for layer in layers:
         L = P.section("inverters", dataset, layer)
         for family in S.families:
             model = ref(TRAIN[family], {**asdict(getattr(L, family)), "layer": layer}, classifier=clf)
             evaluation = ref(EVALUATE, {"family": family, **asdict(ev)}, classifier=clf, model=model)
             plan["families"][family][layer] = {"model": model, "evaluation": evaluation}
+        if L.replicate_seeds:
+            nce = base["layers"][layer]["nce"]
+            own = {"PixelCNN++ (layers.inversion.seed)": base["layers"][layer]["inversion"].config["seed"],
+                   **{f"{f}.seed": getattr(L, f).seed for f in S.families if f in BOUNDED}}
+            clash = {name: seed for name, seed in own.items() if seed in L.replicate_seeds}
+            if clash:
+                raise ConfigError(f"inverters.replicate_seeds {list(L.replicate_seeds)} at {layer}: seed "
+                                  f"{', '.join(f'{v} is the main model’s ({k})' for k, v in clash.items())}; "
+                                  "a replicate needs a seed of its own")
+            reps = {"pixelcnn": replicate_nces(L.replicate_seeds, nce.config["n_test"], clf,
+                                               base["layers"][layer]["inversion"].config)}
+            for family in [f for f in S.families if f in BOUNDED]:
+                reps[family] = {}
+                for seed in L.replicate_seeds:
+                    model = ref(TRAIN[family], {**asdict(getattr(L, family)), "layer": layer, "seed": int(seed)},
+                                classifier=clf)
+                    reps[family][int(seed)] = ref(EVALUATE, {"family": family, **asdict(ev)}, classifier=clf,
+                                                  model=model)
+            plan["replicates"][layer] = reps
     plan["decoder"] = {layer: base["layers"][layer]["decoder"] for layer in layers}  # the MSE baseline
     plan["neighbours"] = {layer: base["layers"][layer]["neighbours"] for layer in layers}  # Table 1's 1NN
     plan["supervised_vae"] = ref(SUPERVISED_VAE, {**asdict(S.supervised_vae), "dataset": dataset,

@@ -181,6 +181,7 @@ class Claim:
     criterion: str
     kind: str | None = None
     layer: str | None = None
+    why: str | None = None  # for a claim not reproduced: what the run's own numbers say about the reason
 
     def __post_init__(self):
         if self.reproduced is not None:  # numpy booleans compare and hash like bools but are not ``True``
@@ -188,7 +189,12 @@ class Claim:
 
 
 def claims_table(claims: Sequence[Claim]):
-    """Markdown: claim | paper | this run | reproduced? | criterion."""
+    """Markdown: claim | paper | this run | reproduced? | criterion, and "why not" when a claim says why."""
+    claims = list(claims)
+    if any(c.why for c in claims):
+        rows = [(c.claim, c.paper, c.ours, verdict(c.reproduced), c.criterion, c.why or "") for c in claims]
+        return md(markdown_table(["claim", "paper", "this run", "reproduced?", "criterion", "why not"], rows,
+                                 "lllcll"))
     rows = [(c.claim, c.paper, c.ours, verdict(c.reproduced), c.criterion) for c in claims]
     return md(markdown_table(["claim", "paper", "this run", "reproduced?", "criterion"], rows, "lllcl"))
 
