@@ -5,6 +5,7 @@ All of it runs against a fresh stage cache in a temporary directory (INVERSION_C
 really computed here; the nbval run fills the cache and the build reuses it.
 """
 
+import html
 import json
 import os
 import re
@@ -111,8 +112,11 @@ def test_book_builds_with_every_chapter_and_nothing_remote(built):
     assert layers.count("application/vnd.jupyter.widget-view+json") == 1, "exactly one widget (the scrubber)"
     assert "inversion-scrubber" in layers
     # glued numbers rendered, and each stage-backed chapter ends with its claims and provenance tables
-    for name in ("background", "layers", "architectures", "dynamics"):
+    for name in ("background", "layers", "architectures", "dynamics", "inverters"):
         assert "reproduced?" in pages[name] and "Provenance" in pages[name], name
+    for name, page in pages.items():  # parameter cells stay in the sources, off the reader's page
+        shown = html.unescape(re.sub(r"<[^>]+>", "", page))
+        assert 'params = "smoke"' not in shown and "compute = True" not in shown, f"{name}: a parameters cell is shown"
     assert "Run: parameter set smoke" in layers, "figures carry their provenance"
     # a number in the prose is the run's number (glued from the stage result, not typed)
     from inversion import pipeline

@@ -3,10 +3,11 @@ PixelCNN++, bad settings fail at load, and each family trains and is evaluated e
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from inversion import pipeline
+from inversion import data, pipeline
 from inversion.pipeline import inverters
 from inversion.pipeline.cache import Cache, iter_refs, ref
 from inversion.pipeline.layers import layers_plan
@@ -65,6 +66,13 @@ def test_every_family_trains_and_is_evaluated(tmp_path, smoke):
         samples = ev.arrays("samples.npz")["samples"]
         assert samples.shape == (n, k, 1, 28, 28) and samples.dtype.name == "uint8"
         assert 0 <= m["class_agreement"] <= 1 and m["im_s"] > 0 and m["diversity"] >= 0
+        if family == "flow":  # the swap grid: an image's residual decoded with its own h gives the image back
+            swap = ev.arrays("swap.npz")
+            mm = min(n, inverters.SWAP_IMAGES)
+            assert swap["images"].shape == (mm, mm, 1, 28, 28)
+            x_test, _ = data.load("mnist", "test")
+            for i in range(mm):
+                assert np.array_equal(swap["images"][i, i], x_test[i].numpy())
     with pytest.raises(ValueError, match="was given a flow_inversion result"):
         bad = ref(inverters.EVALUATE, {"family": "vae", "n_test": 4, "n_images": 1, "n_samples": 1},
                   classifier=plan["classifier"], model=plan["families"]["flow"]["fc3"]["model"])

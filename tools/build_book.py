@@ -54,7 +54,27 @@ def execute(name: str, params: str, out_dir: Path, extra: dict | None = None, ti
     t0 = time.perf_counter()
     papermill.execute_notebook(nb, str(out_dir / f"{name}.ipynb"), parameters={"params": params, **(extra or {})},
                                kernel_name="python3", progress_bar=False, cwd=str(REPO), execution_timeout=timeout)
+    hide_parameter_cells(out_dir / f"{name}.ipynb")
     return time.perf_counter() - t0
+
+
+PARAMETER_TAGS = ("parameters", "injected-parameters")  # the chapter's own cell, papermill's copy
+
+
+def hide_parameter_cells(path: Path) -> None:
+    """Tag the parameters cell and papermill's injected copy ``remove-cell``: the reader's page starts with the
+    paper, not with script furniture (the set in use is named on every page's provenance). The source keeps
+    them for papermill; the notebook is rewritten atomically."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if any(t in tags for t in PARAMETER_TAGS) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    tmp = path.with_name(f".{path.name}.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(path)
 
 
 REMOTE = re.compile(r"""<(script|link)\b[^>]*?\b(src|href)\s*=\s*["']((?:https?:)?//[^"']+)["']""", re.I)

@@ -236,10 +236,15 @@ def _draw(model, family: str, h: torch.Tensor, gen: torch.Generator) -> torch.Te
     return model.sample(h, 1, generator=gen) if family == "gan" else model.sample(h, generator=gen)
 
 
-@stage("inverter_eval", "1", EvaluationConfig, deps=("classifier", "model"))
+SWAP_IMAGES = 5  # test images of the flow's swap grid (residual of image i decoded with h of image j)
+
+
+@stage("inverter_eval", "2", EvaluationConfig, deps=("classifier", "model"))
 def evaluate_inverter(ctx: Context) -> dict:
     """One inverter on test images: its bound on log P(x | h) in nats (flow, VAE; none for the GAN), and
-    samples for ``n_images`` test images sent back through the classifier (as §5.1's samples stage)."""
+    samples for ``n_images`` test images sent back through the classifier (as §5.1's samples stage). For the
+    flow also the swap grid (swap.npz): the residual v of test image i given its h, decoded with the h of
+    test image j, for the first ``SWAP_IMAGES`` images (the diagonal gives the images back)."""
     c = ctx.config
     clf_res = ctx.dep("classifier", need=("model.pt",))
     model_res = ctx.dep("model", need=("model.pt",))
@@ -294,6 +299,12 @@ def evaluate_inverter(ctx: Context) -> dict:
     ctx.save_npz("samples.npz", samples=samples.view(n, k, *x.shape[1:]).numpy(), dist=dist.numpy(),
                  agree=agree.numpy(), pixel_l1=pix.numpy(), diversity=diversity.numpy(), test_index=np.arange(n),
                  labels=y.numpy())
+    if c.family == "flow":  # Rombach et al.'s swap: what x_i keeps beyond h_i (its residual), decoded with h_j
+        m = min(n, SWAP_IMAGES)
+        with torch.no_grad():
+            v = model.residual(x[:m].to(ctx.device), h[:m])
+            grid = torch.stack([model.sample_with_residual(v[i].expand(m, -1), h[:m]).cpu() for i in range(m)])
+        ctx.save_npz("swap.npz", images=grid.numpy(), test_index=np.arange(m), labels=y[:m].numpy())
     ctx.log(f"{c.family} {layer}: " + (f"bound {out['bound_nats']:.1f} nats, " if "bound_nats" in out else "")
             + f"IM-S {dist[:, 0].mean():.4g}, diversity {diversity.mean():.4f}")
     return dict(out, family=c.family, layer=layer, im_s=dist[:, 0].mean().item(),

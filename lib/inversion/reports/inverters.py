@@ -257,6 +257,15 @@ def samples_figure(inputs: np.ndarray, per_family: Mapping[str, np.ndarray], n_s
     return image_grid(columns, groups, title=title, row_labels=[f"image {i + 1}" for i in range(len(inputs))])
 
 
+def swap_figure(inputs: np.ndarray, swap: np.ndarray, title: str | None = None):
+    """The flow's swap grid: row i keeps test image i's residual v (shown first), column j decodes it with the
+    h of test image j ([m, m, C, H, W] from ``inverter_eval``'s swap.npz)."""
+    m = len(swap)
+    columns = [("input", inputs[:m])] + [(f"h of {j + 1}", swap[:, j]) for j in range(m)]
+    return image_grid(columns, [("", 1), ("decoded with the representation h of test image", m)], title=title,
+                      row_labels=[f"v of image {i + 1}" for i in range(m)])
+
+
 def family_samples(R: Mapping, layer: str, n_images: int) -> dict[str, np.ndarray]:
     """{family: samples [n, K, C, H, W]} at ``layer`` for the first ``n_images`` test images, PixelCNN++ first;
     every family cut to the smallest number of samples any of them drew."""
