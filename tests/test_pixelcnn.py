@@ -450,3 +450,32 @@ def test_run_config_leaves_out_steps_so_more_steps_resume(tmp_path):
     assert "steps" not in saved and saved["batch_size"] == 8 and saved["lr_decay"] == 0.9999
     with pytest.raises(ValueError, match="different run"):  # but another learning rate is another run
         train_pixelcnn(m, x, None, tmp_path, PixelCNNConfig(steps=6, batch_size=8, lr=5e-3), progress=False)
+
+
+@pytest.mark.parametrize("module", ["pixelcnn", "vae"])
+def test_edge_bins_are_exact_in_float64_where_softplus_takes_its_linear_shortcut(module):
+    """log sigmoid(u) for u in the far tail (|u| ≈ 20-30): softplus(x) returns x itself above its threshold
+    of 20, which dropped log1p(exp(-|u|)) ≈ 2e-9 nats there. Compared with 50-digit arithmetic on the very
+    same float64 bin edges."""
+    import mpmath
+
+    from inversion.models import vae
+
+    mpmath.mp.dps = 50
+    x = torch.tensor([[[[0, 255, 0, 255]]]])
+    mean = torch.tensor([0.99, -0.99, 0.99, -0.99], dtype=torch.float64)
+    s = torch.tensor([1.986 / 21, 1.986 / 21, 1.986 / 27, 1.986 / 27], dtype=torch.float64)  # |edge| ≈ 21, 27
+    if module == "pixelcnn":
+        m = PixelCNNpp((1, 1, 4), None, n_filters=4, n_resnet=1, likelihood="logistic_mixture", n_mixtures=1)
+        out = torch.stack([torch.zeros(4, dtype=torch.float64), mean, s.log()]).reshape(1, 3, 1, 4)
+        lp = m._mixture_log_prob(out, x)[0, 0, 0]
+    else:
+        lp = vae._logistic_log_prob(mean.reshape(1, 1, 1, 4), s.log().reshape(1, 1, 1, 4), x)[0, 0, 0]
+    centered = x[0, 0, 0].double() / 127.5 - 1.0 - mean
+    inv_s = torch.exp(-s.log())
+    upper, lower = inv_s * (centered + 1.0 / 255.0), inv_s * (centered - 1.0 / 255.0)
+    for i in range(4):
+        edge = -float(lower[i]) if int(x[0, 0, 0, i]) == 255 else float(upper[i])  # log sigmoid(edge)
+        assert abs(edge) > 20
+        exact = float(-mpmath.log1p(mpmath.exp(-mpmath.mpf(edge))))
+        assert abs(lp[i].item() - exact) <= 1e-15 * abs(exact), (i, lp[i].item() - exact)

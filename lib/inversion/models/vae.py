@@ -211,7 +211,7 @@ def _logistic_log_prob(mean, log_scale, x):
     centered = x.to(mean.dtype) / 127.5 - 1.0 - mean
     inv_s = torch.exp(-log_scale)
     upper, lower = inv_s * (centered + 1.0 / 255.0), inv_s * (centered - 1.0 / 255.0)
-    log_cdf_upper, log_sf_lower = -F.softplus(-upper), -F.softplus(lower)
+    log_cdf_upper, log_sf_lower = F.logsigmoid(upper), F.logsigmoid(-lower)
     mid = log_cdf_upper + log_sf_lower + _log1mexp(upper - lower)
     return torch.where(x == 0, log_cdf_upper, torch.where(x == 255, log_sf_lower, mid))
 

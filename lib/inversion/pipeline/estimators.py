@@ -189,7 +189,9 @@ class SweepConfig(EstimatesConfig):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@stage("estimates", "1", EstimatesConfig, deps=("classifier",))
+# Version 2: the Euclidean kNN distances are exact where they decide a neighbour or a count (they carried the
+# matmul form's rounding before, which could pick wrong neighbours among points closer than ~1e-7 of the scale).
+@stage("estimates", "2", EstimatesConfig, deps=("classifier",))
 def estimates(ctx: Context) -> dict:
     """Binning, KDE, Kraskov and KSG estimates (nats) for one layer of one classifier, on N test images.
 
@@ -234,7 +236,7 @@ def _estimates_of(ctx: Context, pixels: np.ndarray, t: np.ndarray, y: np.ndarray
     return out
 
 
-@stage("estimator_sweep", "1", SweepConfig, deps=("classifier",))
+@stage("estimator_sweep", "2", SweepConfig, deps=("classifier",))  # version 2: as ``estimates``
 def estimator_sweep(ctx: Context) -> dict:
     """The estimators of one layer against their knobs: the bin count, σ², and N (the first N test images).
 
