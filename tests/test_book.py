@@ -113,7 +113,7 @@ def test_book_builds_with_every_chapter_and_nothing_remote(built):
     assert "inversion-scrubber" in layers
     # glued numbers rendered, and each stage-backed chapter ends with its claims and provenance tables
     for name in ("background", "layers", "architectures", "dynamics", "inverters"):
-        assert "reproduced?" in pages[name] and "Provenance" in pages[name], name
+        assert "verdict" in pages[name] and "Provenance" in pages[name], name
     for name, page in pages.items():  # parameter cells stay in the sources, off the reader's page
         shown = html.unescape(re.sub(r"<[^>]+>", "", page))
         assert 'params = "smoke"' not in shown and "compute = True" not in shown, f"{name}: a parameters cell is shown"

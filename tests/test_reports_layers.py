@@ -46,13 +46,24 @@ def test_a_run_unlike_the_paper_does_not_reproduce():
     got = verdicts(summary(accuracy=0.97, drops=(-10.0, -300.0, 5.0), table1=swapped, mse=(0.03, 0.02, 0.04, 0.05),
                            pixel=(0.2, 0.1, 0.2, 0.25), style=(1.01, 50, 0.001, 0.005), figure2=(0.03, 0.02)))
     assert not any(got.values()), got
+    for c in layer_claims(summary(accuracy=0.97, drops=(-10.0, -300.0, 5.0), mse=(0.03, 0.02, 0.04, 0.05))):
+        assert (c.why is None) == (c.reproduced is True), c  # every row not reproduced says why
 
 
-def test_differences_inside_their_noise_are_not_reproduced_and_undecidable_ones_are_none():
-    got = verdicts(summary(drops=(-300.0, -50.0, -3.0), drop_se=2.0))  # last drop 1.5 s.e.
-    assert got["the NCE decreases through successive layers (Fig. 5a)"] is False
-    assert got["the biggest drop is CONV1 → CONV2"] is True
+def test_differences_inside_their_noise_are_undecided_and_beyond_it_the_other_way_contradicted():
+    claims = {c.claim.split(": ", 1)[1]: c for c in layer_claims(summary(drops=(-300.0, -50.0, -3.0), drop_se=2.0))}
+    nce = claims["the NCE decreases through successive layers (Fig. 5a)"]  # last drop 1.5 s.e.: undecided
+    assert nce.reproduced is None and nce.status == "undecided" and "FC3 → LOGITS" in nce.why
+    assert claims["the biggest drop is CONV1 → CONV2"].reproduced is True
+    rise = {c.claim.split(": ", 1)[1]: c for c in layer_claims(summary(drops=(-300.0, 5.0, -3.0), drop_se=2.0))}
+    nce = rise["the NCE decreases through successive layers (Fig. 5a)"]  # a rise of 2.5 s.e.: contradicted
+    assert nce.reproduced is False and "rises" in nce.why and "CONV2 → FC3" in nce.why
+    close = verdicts(summary(drops=(-60.0, -55.0, -3.0), drop_se=2.0))  # 5 nats apart, noise 2.8: undecided
+    assert close["the biggest drop is CONV1 → CONV2"] is None
+    assert verdicts(summary(drops=(-40.0, -60.0, -3.0)))["the biggest drop is CONV1 → CONV2"] is False
     got = verdicts(summary(style=(0.98, 50, -0.009, 0.005)))  # 1.8 s.e. closer to the own input
+    assert got["LOGITS samples keep the input's style, not just its class"] is None
+    got = verdicts(summary(style=(1.02, 50, 0.011, 0.005)))  # 2.2 s.e. closer to other inputs of the class
     assert got["LOGITS samples keep the input's style, not just its class"] is False
     got = verdicts(summary(style=(float("nan"), 1, float("nan"), float("nan"))))
     assert got["LOGITS samples keep the input's style, not just its class"] is None

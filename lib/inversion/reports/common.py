@@ -164,15 +164,41 @@ def md(text: str):
     return Markdown(text)
 
 
+VERDICTS = {"reproduced": "✓ reproduced", "contradicted": "✗ **contradicted**", "undecided": "○ undecided",
+            "no test": "— no test"}
+
+
 def verdict(ok: bool | None) -> str:
-    return {True: "✓ yes", False: "✗ **no**", None: "— n/a"}[ok]
+    """The label of a three-valued outcome: reproduced (True), contradicted (False), undecided (None)."""
+    return VERDICTS[{True: "reproduced", False: "contradicted", None: "undecided"}[ok]]
+
+
+def decide(d: Difference, sign: int = +1, margin: float = 2.0) -> bool | None:
+    """A difference against its noise: True when it has the claimed ``sign`` beyond ``margin`` noise units
+    (reproduced), False when it has the other sign beyond them (contradicted), None inside (undecided at
+    this budget, and also when there is no noise to judge by)."""
+    if not (d.noise > 0) or not math.isfinite(d.value):
+        return None
+    z = sign * d.value / d.noise
+    return True if z > margin else False if z < -margin else None
+
+
+def undecided_why(d: Difference, unit: str = "", digits: int = 2, margin: float = 2.0) -> str:
+    """Why an undecided row is undecided, and what effect the run could have detected."""
+    if not (d.noise > 0):
+        return "no noise measured for this comparison, so the run cannot judge it"
+    return (f"inside its noise: this run would have decided a difference of {margin * d.noise:.{digits}f}{unit} or "
+            "more either way")
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One checked claim: what is claimed, what the paper reports, what this run gives, whether it
-    reproduced by the stated criterion (True / False, or None when the run cannot decide), and optionally
-    a ``kind`` and ``layer`` that a chapter counts claims by."""
+    """One checked claim: what is claimed, what the paper reports, what this run gives, and the outcome by
+    the stated criterion: reproduced (True), contradicted (False), or undecided at this budget (None, when the
+    difference lies inside its noise or there is none to judge by). ``discriminates`` is False for a test
+    that cannot tell the claim from its negation on this run (its control behaves the same): the row then
+    reads "no test" whatever ``reproduced`` says. ``why`` explains a row that is not reproduced, from the
+    run's own numbers. ``kind`` and ``layer`` let a chapter count claims."""
 
     claim: str
     paper: str
@@ -181,28 +207,41 @@ class Claim:
     criterion: str
     kind: str | None = None
     layer: str | None = None
-    why: str | None = None  # for a claim not reproduced: what the run's own numbers say about the reason
+    why: str | None = None
+    discriminates: bool = True
 
     def __post_init__(self):
         if self.reproduced is not None:  # numpy booleans compare and hash like bools but are not ``True``
             object.__setattr__(self, "reproduced", bool(self.reproduced))
 
+    @property
+    def status(self) -> str:
+        """reproduced / contradicted / undecided / no test."""
+        if not self.discriminates:
+            return "no test"
+        return {True: "reproduced", False: "contradicted", None: "undecided"}[self.reproduced]
+
+    @property
+    def label(self) -> str:
+        return VERDICTS[self.status]
+
 
 def claims_table(claims: Sequence[Claim]):
-    """Markdown: claim | paper | this run | reproduced? | criterion, and "why not" when a claim says why."""
+    """Markdown: claim | paper | this run | verdict | criterion, and "why not" when a claim says why."""
     claims = list(claims)
     if any(c.why for c in claims):
-        rows = [(c.claim, c.paper, c.ours, verdict(c.reproduced), c.criterion, c.why or "") for c in claims]
-        return md(markdown_table(["claim", "paper", "this run", "reproduced?", "criterion", "why not"], rows,
+        rows = [(c.claim, c.paper, c.ours, c.label, c.criterion, c.why or "") for c in claims]
+        return md(markdown_table(["claim", "paper", "this run", "verdict", "criterion", "why not"], rows,
                                  "lllcll"))
-    rows = [(c.claim, c.paper, c.ours, verdict(c.reproduced), c.criterion) for c in claims]
-    return md(markdown_table(["claim", "paper", "this run", "reproduced?", "criterion"], rows, "lllcl"))
+    rows = [(c.claim, c.paper, c.ours, c.label, c.criterion) for c in claims]
+    return md(markdown_table(["claim", "paper", "this run", "verdict", "criterion"], rows, "lllcl"))
 
 
 def count_reproduced(claims: Iterable[Claim]) -> tuple[int, int]:
-    """(claims reproduced, claims decided either way)."""
+    """(claims reproduced, claims decided either way: reproduced or contradicted)."""
     claims = list(claims)
-    return sum(c.reproduced is True for c in claims), sum(c.reproduced is not None for c in claims)
+    return (sum(c.status == "reproduced" for c in claims),
+            sum(c.status in ("reproduced", "contradicted") for c in claims))
 
 
 def _commit(p: Mapping) -> str:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from inversion.bounds import difference_noise, paired_difference
-from inversion.reports.common import Claim, Difference, Estimate, SeedSpread, fmt, image_grid, layer_label
+from inversion.reports.common import Claim, Difference, Estimate, SeedSpread, decide, fmt, image_grid, \
+    layer_label, undecided_why
 
 FAMILY_LABELS = {"pixelcnn": "PixelCNN++", "flow": "conditional flow (INN)", "vae": "conditional VAE",
                  "gan": "feedforward GAN"}
@@ -167,15 +168,6 @@ def table_rows(s: InvertersSummary) -> list[tuple]:
     return out
 
 
-def _decide(d: Difference, favourable_sign: int) -> bool | None:
-    """True when the difference has the claimed sign beyond 2 noise units, False when it has the other sign
-    beyond 2 units, None (undecided at this budget) otherwise."""
-    if d.noise <= 0 or not np.isfinite(d.value):
-        return None
-    z = favourable_sign * d.value / d.noise
-    return True if z > 2 else False if z < -2 else None
-
-
 def seed_spread_note(s: InvertersSummary) -> str:
     """Where the run measured the seed spread of the bounds, and how large it was: for the claims' prose."""
     parts = []
@@ -187,13 +179,8 @@ def seed_spread_note(s: InvertersSummary) -> str:
     return "; ".join(parts) if parts else "none in this run"
 
 
-def _undecided_why(d: Difference, unit: str, digits: int) -> str:
-    return (f"inside its noise: this run would have decided a difference of {2 * d.noise:.{digits}f}{unit} or more "
-            "either way")
-
-
 def inverter_claims(s: InvertersSummary) -> list[Claim]:
-    """Three claims per run, each judged against the noise of its comparison (see ``_decide``); a claim that
+    """Three claims per run, each judged against the noise of its comparison (``common.decide``); a claim that
     is not reproduced says why, from the run's own numbers."""
     claims = []
     for layer in s.layers:
@@ -202,8 +189,8 @@ def inverter_claims(s: InvertersSummary) -> list[Claim]:
             n_models = min(s.seed_spread[("pixelcnn", layer)].n_models, s.seed_spread[(best, layer)].n_models)
             noise = (f"paired test-set s.e. and the seed spread over {n_models} models of each" if n_models > 1 else
                      "paired test-set s.e. only: one seed per family, so the seed spread is not in it")
-            ok = _decide(d, +1)
-            why = {True: None, None: _undecided_why(d, " nats", 1),
+            ok = decide(d, +1)
+            why = {True: None, None: undecided_why(d, " nats", 1),
                    False: (f"the {family_label(best)}'s bound ({fmt(s.rows[(best, layer)].bits_per_dim, '.3f')} "
                            f"bits/dim) beats the PixelCNN++'s exact NCE "
                            f"({fmt(s.rows[('pixelcnn', layer)].bits_per_dim, '.3f')} bits/dim): this run's "
@@ -215,9 +202,9 @@ def inverter_claims(s: InvertersSummary) -> list[Claim]:
                 f"difference beyond 2 × its noise ({noise})", kind="bound", layer=layer, why=why))
     for layer in [l for l in DIVERSITY_LAYERS if l in s.diversity_gap]:
         d = s.diversity_gap[layer]
-        ok = _decide(d, -1)
+        ok = decide(d, -1)
         gan, pcnn = s.rows[("gan", layer)], s.rows[("pixelcnn", layer)]
-        why = {True: None, None: _undecided_why(d, "", 3),
+        why = {True: None, None: undecided_why(d, "", 3),
                False: (f"the GAN's samples of one h differ more (mean pixel L1 {gan.diversity:.3f}) than the "
                        f"PixelCNN++'s ({pcnn.diversity:.3f}); they keep the input's class in "
                        f"{gan.class_agreement:.0%} of cases against {pcnn.class_agreement:.0%}")}[ok]
@@ -231,8 +218,8 @@ def inverter_claims(s: InvertersSummary) -> list[Claim]:
         if ("flow", layer) in s.rows and layer in s.nn1:
             r = s.rows[("flow", layer)]
             gap = Difference(s.nn1[layer] - r.im_s, r.im_s_stderr or 0.0)
-            ok = _decide(gap, +1)
-            why = {True: None, None: _undecided_why(gap, "", 3),
+            ok = decide(gap, +1)
+            why = {True: None, None: undecided_why(gap, "", 3),
                    False: (f"the flow's first sample is further from h (IM-S {r.im_s:.3f}) than the nearest "
                            f"training image is (1NN {s.nn1[layer]:.3f}); its bound, "
                            f"{fmt(r.bits_per_dim, '.3f')} bits/dim, is far from the PixelCNN++'s "
