@@ -16,7 +16,8 @@ import numpy as np
 
 from inversion import paper
 from inversion.bounds import difference_noise, paired_difference
-from inversion.reports.common import REGIME_COLOURS, Claim, Difference, Estimate, SeedSpread, layer_label, regime_label
+from inversion.reports.common import REGIME_COLOURS, Claim, Difference, Estimate, SeedSpread, decide, layer_label, \
+    regime_label, undecided_why
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,25 @@ def rise_and_fall(s: DynamicsSummary, regime: str, layer: str) -> RiseAndFall:
                                   and -fall.value > 2 * fall.noise))
 
 
+def rise_and_fall_verdict(s: DynamicsSummary, r: RiseAndFall) -> tuple[bool | None, str | None]:
+    """Reproduced when the peak is interior and both the rise and the fall clear 2 × their noise;
+    contradicted when the peak is an end point and the NCE moves away from it beyond its noise (it only
+    falls from the first checkpoint, or still rises at the last); undecided otherwise, with the noise."""
+    if r.shown:
+        return True, None
+    first, last = s.steps[0], s.steps[-1]
+    if r.peak == last and decide(r.rise, +1):
+        return False, (f"the NCE is highest at the last checkpoint ({last} updates), {r.rise.value:+.1f} ± "
+                       f"{r.rise.noise:.1f} nats above step 0: no fall within these checkpoints")
+    if r.peak == first and decide(r.fall, -1):
+        return False, (f"the NCE only falls from step 0 ({r.fall.value:+.1f} ± {r.fall.noise:.1f} nats by {last} "
+                       "updates): no rise at these checkpoints")
+    parts = [f"{name} {d.value:+.1f} ± {d.noise:.1f}" for name, d in (("rise", r.rise), ("fall", r.fall))
+             if decide(d, +1 if name == "rise" else -1) is not True]
+    return None, ("inside the noise: " + ", ".join(parts) + " nats (decided beyond 2 × noise)"
+                  + ("; the peak is an end point" if r.peak in (first, last) else ""))
+
+
 def overfit_minus_regular(s: DynamicsSummary, layer: str) -> Difference:
     """The overfitted network's NCE minus the regular one's at the last checkpoint, paired, with its noise."""
     last = s.steps[-1]
@@ -151,23 +171,28 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
                  else "; one seed (no spread measured)")
         if "regular" in s.regimes:
             r = rise_and_fall(s, "regular", l)
+            ok, why = rise_and_fall_verdict(s, r)
             out.append(Claim(
                 kind="rise_and_fall", layer=l,
                 claim=f"{layer_label(l)}: the regular network's NCE first rises, then falls (Fig. 5b)",
                 paper="yes, every layer",
                 ours=f"peak at {r.peak} updates; rise {r.rise.value:+.1f} ± {r.rise.noise:.1f}, "
                      f"then {r.fall.value:+.1f} ± {r.fall.noise:.1f} nats by {steps[-1]}{seeds}",
-                reproduced=r.shown,
+                reproduced=ok, why=why,
                 criterion="an interior checkpoint beats step 0 and the last checkpoint, each by more than 2 × the "
-                          "noise of the difference (paired s.e. and seed spread)"))
+                          "noise of the difference (paired s.e. and seed spread); contradicted when the NCE moves "
+                          "away from an end point beyond its noise"))
         if {"regular", "overfit"} <= set(s.regimes):
             d = overfit_minus_regular(s, l)
             out.append(Claim(
                 kind="overfit_keeps_more", layer=l,
                 claim=f"{layer_label(l)}: the overfitted network keeps more about the input", paper="yes, every layer",
                 ours=f"overfitted − regular at {steps[-1]} updates: {d.value:+.1f} ± {d.noise:.1f} nats{seeds}",
-                reproduced=bool(d.value > 2 * d.noise),
-                criterion="NCE difference at the last checkpoint > 2 × its noise (paired s.e. and seed spread)"))
+                reproduced=decide(d, +1),
+                why={True: None, None: undecided_why(d, " nats", 1),
+                     False: "the overfitted network's NCE is lower, beyond the noise: it keeps less"}[decide(d, +1)],
+                criterion="NCE difference at the last checkpoint > 2 × its noise (paired s.e. and seed spread); "
+                          "< −2 × noise: contradicted"))
     if {"regular", "overfit"} <= set(s.regimes):
         regular, overfit = s.accuracy["regular"][steps[-1]], s.accuracy["overfit"][steps[-1]]
         out.append(Claim(
@@ -176,5 +201,8 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
                   "generalises worse", paper="by construction",
             ours=f"train {overfit.train:.1%}, test {overfit.test:.1%} (regular: test {regular.test:.1%})",
             reproduced=bool(overfit.train >= 0.99 and overfit.test < regular.test),
+            why=None if overfit.train >= 0.99 and overfit.test < regular.test else
+                ("it has not memorised its training set (train < 99 %)" if overfit.train < 0.99 else
+                 "its test accuracy is not below the regular network's"),
             criterion="training accuracy ≥ 99 % and test accuracy below the regular network's"))
     return out
