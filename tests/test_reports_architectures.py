@@ -47,17 +47,44 @@ def test_a_run_unlike_the_paper_does_not_reproduce():
     assert not any(got[c] for c in mine), got
 
 
-def test_differences_inside_their_noise_are_not_reproduced():
+def test_differences_inside_their_noise_are_undecided():
     inside = {("conv", "fc"): Difference(1.9, 1.0), ("conv", "conv_gmp"): Difference(4.5, 2.3),
               ("conv_gmp", "fc"): Difference(2.0, 1.0)}
     claims = {c.claim: c for c in architecture_claims(summary(differences=inside, seed_spread=SeedSpread(2.0, 9)))}
     nce_rows = [c for c in claims.values() if c.criterion.startswith("NCE difference")]
-    assert len(nce_rows) == 3 and not any(c.reproduced for c in nce_rows)
+    assert len(nce_rows) == 3 and all(c.reproduced is None and c.status == "undecided" for c in nce_rows)
     assert all("seed spread 2.00 included" in c.ours for c in nce_rows)
+    assert "would not have been detected" in claims["global max pooling discards information (≈ 4.5 nats in the "
+                                                    "paper)"].why  # 4.5 nats < 2 × 2.3
     # a position ratio just under the threshold, not significantly kept: neither kept nor discarded
     edge = Kept(error=3.0, baseline=4.0, ratio=DISCARDED - 0.01, diff=-0.5, diff_stderr=0.3, n_inputs=40)
     got = verdicts(summary(gmp_position=edge))
-    assert got["global pooling: FC3 samples do not keep the digit's position (Fig. 4)"] is False
+    assert got["global pooling: FC3 samples do not keep the digit's position (Fig. 4)"] is None
+
+
+def test_a_significant_reversal_is_contradicted_and_says_so():
+    claims = architecture_claims(summary(differences={("conv", "fc"): Difference(-9.1, 0.5),
+                                                      ("conv", "conv_gmp"): Difference(4.5, 1.0),
+                                                      ("conv_gmp", "fc"): Difference(11.0, 1.0)}))
+    row = next(c for c in claims if c.claim.startswith("FC3 of the conv network"))
+    assert row.reproduced is False and row.status == "contradicted" and "significant reversal" in row.why
+
+
+def test_a_test_whose_control_behaves_the_same_is_no_test():
+    """Noise-blob samples lose position on every network: "global pooling loses position" would read ✓
+    though the networks without pooling lose it just as much."""
+    s = summary(gmp_position=LOST)
+    blobs = ArchitectureSummary(**{**s.__dict__, "kept": {a: {**s.kept[a], "position": LOST} for a in ARCHS}})
+    claims = {c.claim: c for c in architecture_claims(blobs)}
+    gmp = claims["global pooling: FC3 samples do not keep the digit's position (Fig. 4)"]
+    assert gmp.reproduced is True and not gmp.discriminates and gmp.status == "no test" and "no test" in gmp.why
+    assert claims["fully connected: FC3 samples keep the digit's position"].status == "undecided"
+    from inversion.reports.common import count_reproduced
+    assert count_reproduced([gmp]) == (0, 0)  # neither reproduced nor decided
+    # the samples do not keep the rotation: whether the MSE reconstruction shows it is no test either
+    rot = {c.claim: c for c in architecture_claims(summary(gmp_orientation=LOST))}
+    assert rot["global pooling: the MSE reconstruction does not show the rotation that the samples keep"].status == \
+        "no test"
 
 
 def test_missing_networks_drop_their_claims():
