@@ -34,6 +34,9 @@ def test_a_crossed_bound_and_a_wrong_order_do_not_reproduce():
     got = claims(toy(untrained))
     assert got["a more informative h gives a higher NCE"] is False
     assert got["training tightens the bound towards H(x | h)"] is False
+    for c in toy_claims(toy(untrained)) + toy_claims(toy(crossed)):  # every row not reproduced says why
+        assert (c.why is None) == (c.reproduced is True), c
+    assert "image" in next(c for c in toy_claims(toy(untrained)) if c.claim.startswith("training tightens")).why
 
 
 def test_rounding_and_test_noise_are_tolerated_but_a_biased_estimate_is_not():

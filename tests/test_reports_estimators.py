@@ -75,6 +75,8 @@ def test_estimators_that_follow_the_checkpoint_do_not_reproduce():
     assert got[7] is False  # binning moves where the NCE moves
     assert f.kde_scale.layer == "conv1" and f.kde_scale.distance_grows and f.kde_scale.bound_rises
     assert f.binning_still_where_nce_moves is False
+    for c in estimator_claims(s, f):  # every row not reproduced says why
+        assert (c.why is None) == (c.reproduced is True), c
 
 
 def test_nce_movements_inside_their_noise_leave_the_dynamics_claim_undecided():

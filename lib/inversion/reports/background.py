@@ -98,18 +98,26 @@ def toy_claims(s: ToySummary) -> list[Claim]:
     order_true = sorted(kinds, key=lambda k: -ex[k])
     order_run = sorted(kinds, key=lambda k: fin[k].nce_exact)
     z = max(abs(fin[k].nce_test - fin[k].nce_exact) / max(fin[k].nce_test_stderr, 1e-12) for k in kinds)
+    bound_ok = bool(min_gap >= -1e-6)
+    open_gaps = [k for k in kinds if final_gaps[k] >= tol or curves[k][-1] >= curves[k][0]]
     return [
         Claim(claim="the cross-entropy upper-bounds H(x | h) at every checkpoint (eqs. 5–7)",
-              paper="holds by construction", ours=f"smallest gap {min_gap:.4f} nats", reproduced=bool(min_gap >= -1e-6),
-              criterion="exact H*(x|h) − H(x|h) ≥ 0 (up to 1e-6 rounding) for every context and checkpoint"),
+              paper="holds by construction", ours=f"smallest gap {min_gap:.4f} nats", reproduced=bound_ok,
+              criterion="exact H*(x|h) − H(x|h) ≥ 0 (up to 1e-6 rounding) for every context and checkpoint",
+              why=None if bound_ok else "a negative gap can only be a bug: the bound holds by construction"),
         Claim(claim="training tightens the bound towards H(x | h)", paper="the gap is a KL divergence (eq. 6)",
-              ours="final gaps " + ", ".join(f"{k}: {v:.3f}" for k, v in final_gaps.items()),
-              reproduced=bool(max(final_gaps.values()) < tol and all(curves[k][-1] < curves[k][0] for k in kinds)),
-              criterion=f"every final gap < {tol:.3f} nats (10 % of H(x)) and below the initial gap"),
+              ours="final gaps " + ", ".join(f"{k}: {v:.3f}" for k, v in final_gaps.items()) + " nats",
+              reproduced=not open_gaps,
+              criterion=f"every final gap < {tol:.3f} nats (10 % of H(x)) and below the initial gap",
+              why=None if not open_gaps else f"the gap is still open at the last checkpoint for "
+                                             f"{', '.join(open_gaps)}: more training steps would close it"),
         Claim(claim="a more informative h gives a higher NCE", paper="NCE orders layers by I(x; h) (§4.1)",
-              ours=" < ".join(order_run), reproduced=order_run == order_true,
-              criterion="final exact NCEs are ordered as −H(x | h): " + " < ".join(order_true)),
+              ours="final exact NCE order: " + " < ".join(order_run), reproduced=order_run == order_true,
+              criterion="final exact NCEs are ordered as −H(x | h): " + " < ".join(order_true),
+              why=None if order_run == order_true else "two contexts whose H(x | h) differ by less than their "
+                                                       "remaining gaps swap places"),
         Claim(claim="the test-set NCE estimates the exact NCE", paper="eqs. 10–11",
               ours=f"largest deviation {z:.1f} standard errors", reproduced=bool(z < 3),
-              criterion="|test estimate − exact| < 3 standard errors for every context"),
+              criterion="|test estimate − exact| < 3 standard errors for every context",
+              why=None if z < 3 else f"one context's test estimate is {z:.1f} standard errors from its exact NCE"),
     ]

@@ -613,6 +613,11 @@ def findings(s: EstimatorSummary) -> Findings:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _short_of(what: str, where: Sequence[str], detail: str) -> str | None:
+    """A why for a claim that must hold at every layer: None when it does, else where it does not."""
+    return f"{', '.join(where)} {what} {detail}".strip() if where else None
+
+
 def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
     """The appendix's claims, each with the paper's statement, this run's numbers and a criterion that can fail."""
     log_n, tol = s.log_n, SATURATION_TOLERANCE
@@ -627,7 +632,9 @@ def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
         ours=f"{f.finest_bins} bins: " + ", ".join(f"{L[l]} {v:.3f}" for l, v in fin.items())
              + f"; log N = {log_n:.3f}",
         reproduced=bool(all(v >= (1 - tol) * log_n for v in fin.values())),
-        criterion=f"every layer within {tol:.0%} of log N at the finest swept bin count"))
+        criterion=f"every layer within {tol:.0%} of log N at the finest swept bin count",
+        why=_short_of("below", [L[l] for l, v in fin.items() if v < (1 - tol) * log_n],
+                      f"{1 - tol:.0%} of log N at {f.finest_bins} bins")))
     span = f.binning_span
     widest = max(span, key=span.get)
     out.append(Claim(
@@ -636,7 +643,9 @@ def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
         ours=", ".join(f"{L[l]} {v:.2f}" for l, v in span.items()) + " nats between the fewest and most bins",
         reproduced=bool(span[widest] > 0.25 * log_n),
         criterion=f"some layer's estimate changes by more than a quarter of log N ({0.25 * log_n:.2f} nats) across "
-                  "the swept bin counts"))
+                  "the swept bin counts",
+        why=None if span[widest] > 0.25 * log_n else f"the largest change, {span[widest]:.2f} nats at {L[widest]}, is "
+                                                     "below a quarter of log N"))
     lo, hi = f.kde_at_min_var, f.kde_at_max_var
     out.append(Claim(
         claim="the KDE bound runs from log N to 0 as σ² grows: the noise scale, not the layer, sets it",
@@ -645,7 +654,9 @@ def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
              + ", ".join(f"{L[l]} {lo[l]:.2f} / {hi[l]:.2f}" for l in lo),
         reproduced=bool(all(lo[l] >= (1 - tol) * log_n and hi[l] <= 0.1 * log_n for l in lo)),
         criterion=f"every layer: within {tol:.0%} of log N at the smallest σ² and below 10 % of log N at the "
-                  "largest"))
+                  "largest",
+        why=_short_of("off", [L[l] for l in lo if not (lo[l] >= (1 - tol) * log_n and hi[l] <= 0.1 * log_n)],
+                      "log N at the smallest σ² or 0 at the largest")))
     pinned = [L[l] for l, p in f.kde_pinned.items() if p]
     first = s.layers[0]
     out.append(Claim(
@@ -654,7 +665,9 @@ def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
         paper=quote["kde"],
         ours="pinned at log N: " + (", ".join(pinned) if pinned else "no layer"),
         reproduced=bool(f.kde_pinned[first]),
-        criterion=f"{L[first]}'s upper bound within {tol:.0%} of log N at every checkpoint of every regime"))
+        criterion=f"{L[first]}'s upper bound within {tol:.0%} of log N at every checkpoint of every regime",
+        why=None if f.kde_pinned[first] else f"{L[first]}'s bound leaves log N at some checkpoint: its "
+                                             f"activations are closer together than σ = {s.noise_var ** 0.5:.2g} there"))
     if f.wide_layers:
         mins = f.kraskov_min_wide
         out.append(Claim(
@@ -664,7 +677,8 @@ def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
             ours="smallest over checkpoints: " + ", ".join(f"{L[l]} {v:.4g}" for l, v in mins.items())
                  + f"; log N = {log_n:.3f}",
             reproduced=bool(all(v > log_n for v in mins.values())),
-            criterion=f"above log N at every checkpoint for every layer with more than {WIDE_LAYER_UNITS} units"))
+            criterion=f"above log N at every checkpoint for every layer with more than {WIDE_LAYER_UNITS} units",
+            why=_short_of("at or below log N at some checkpoint:", [L[l] for l, v in mins.items() if v <= log_n], "")))
     sb, sk = f.slope_binning, f.slope_kde
     out.append(Claim(
         claim=f"binning ({s.n_bins} bins) and the KDE bound of {L[first]} rise one-for-one with log N",
@@ -673,7 +687,10 @@ def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
              + f"; KDE {L[first]} {sk[first]:.2f}",
         reproduced=bool(all(0.9 <= v <= 1.1 for v in sb.values()) and 0.9 <= sk[first] <= 1.1),
         criterion="least-squares slope against log N in [0.9, 1.1] over the swept N, for binning at every layer "
-                  f"and for the KDE upper bound of {L[first]}"))
+                  f"and for the KDE upper bound of {L[first]}",
+        why=_short_of("slope outside [0.9, 1.1]:", [f"binning {L[l]}" for l, v in sb.items() if not 0.9 <= v <= 1.1]
+                      + ([f"KDE {L[first]}"] if not 0.9 <= sk[first] <= 1.1 else []),
+                      "(the estimate does not just count the inputs there)")))
     zs = f.nce_subset_z
     flat = [z for v in zs.values() for z in v]
     out.append(Claim(
@@ -682,6 +699,8 @@ def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
         ours=(f"largest deviation {max(flat):.2f} s.e. over {len(flat)} subsets ("
               + ", ".join(L[l] for l in zs) + ")") if flat else "n/a (no NCE subsets in this run)",
         reproduced=bool(max(flat) < NCE_SUBSET_Z) if flat else None,
+        why=(None if flat and max(flat) < NCE_SUBSET_Z else "no NCE subsets in this run" if not flat else
+             f"one subset's NCE lies {max(flat):.2f} of its standard errors from the full set's"),
         criterion=f"on every nested subset of its test images (N ≥ "
                   f"{f.nce_subset_min if f.nce_subset_min is not None else '—'}), the NCE lies within "
                   f"{NCE_SUBSET_Z:g} of the subset's standard errors of the NCE on all of them"))
@@ -694,6 +713,9 @@ def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
              if moving else "the NCE moves by less than twice its noise (test-set s.e. and seed spread) everywhere "
                             "in this run",
         reproduced=f.binning_still_where_nce_moves,
+        why={True: None, None: "the NCE moves by less than twice its noise everywhere, so there is nothing to compare "
+                               "binning with",
+             False: "binning moves by more than the tolerance where the NCE moves"}[f.binning_still_where_nce_moves],
         criterion="for every regime and layer whose NCE range over checkpoints exceeds twice the noise of the "
                   "difference (test-set s.e. and seed spread), "
                   f"the binning estimate changes by less than {tol:.0%} of log N"))
