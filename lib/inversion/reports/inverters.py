@@ -211,7 +211,8 @@ def inverter_claims(s: InvertersSummary) -> list[Claim]:
         claims.append(Claim(
             f"{layer_label(layer)}: a GAN's samples vary less than PixelCNN++'s",
             "§5.1: GAN inversions need a tuned entropy term; likelihood models keep the spread",
-            f"diversity GAN − PixelCNN++ = {d.value:+.3f} ± {d.noise:.3f}", ok,
+            f"diversity (mean pixel L1 between two samples of one h, 0–1): GAN − PixelCNN++ = {d.value:+.3f} ± "
+            f"{d.noise:.3f}", ok,
             "paired per-image difference of mean pixel L1 between samples, beyond ±2 s.e.",
             kind="diversity", layer=layer, why=why))
     for layer in s.layers:
@@ -227,7 +228,7 @@ def inverter_claims(s: InvertersSummary) -> list[Claim]:
             claims.append(Claim(
                 f"{layer_label(layer)}: the INN's samples map back to h (closer than the nearest training image)",
                 "Rombach et al. 2020: samples for one h share its representation",
-                f"1NN − IM-S = {gap.value:+.3f} ± {gap.noise:.3f}", ok,
+                f"L1 per unit of the layer: 1NN − IM-S = {gap.value:+.3f} ± {gap.noise:.3f}", ok,
                 "Table 1's comparison: IM-S below the nearest training image's distance (1NN), beyond ±2 s.e. "
                 "of IM-S", kind="flow", layer=layer, why=why))
     return claims
