@@ -8,6 +8,7 @@ lines per cell. Nothing here knows about a particular section of the paper.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -249,6 +250,52 @@ def _commit(p: Mapping) -> str:
     return f"{str(p.get('commit', '?'))[:10]}{dirty}"
 
 
+def _lineage(result) -> list[dict]:
+    """The configs of a result and of every stage it was computed from, nearest first (read from the
+    result.json files next to it in the cache; a missing one is skipped)."""
+    out, todo, seen = [], [(result.dir, result.info)], set()
+    while todo:
+        directory, info = todo.pop(0)
+        out.append(info.get("config", {}))
+        for dirname in info.get("deps", {}).values():
+            dep = directory.parent / dirname
+            if dirname not in seen and (dep / "result.json").exists():
+                seen.add(dirname)
+                todo.append((dep, json.loads((dep / "result.json").read_text())))
+    return out
+
+
+def describe_result(result) -> str:
+    """What a stage result is, for a reader: the dataset, network, regime, snapshot, layer, family and seed
+    it belongs to (from it and the stages it was computed from), then its own sizes."""
+    lineage = _lineage(result)
+    own = lineage[0]
+
+    def first(key):
+        return next((c[key] for c in lineage if c.get(key) is not None), None)
+
+    parts = []
+    if first("dataset"):
+        parts.append(dataset_label(first("dataset")))
+    if first("arch"):
+        parts.append(f"{first('arch')} network")
+    if first("overfit_n"):
+        parts.append(f"overfitted ({first('overfit_n')} examples)")
+    snapshot = next((c["step"] for c in lineage if "step" in c and "n_eval" in c), None)
+    if snapshot is not None:
+        parts.append(f"snapshot after {snapshot} updates")
+    if first("layer"):
+        parts.append(layer_label(first("layer")))
+    if own.get("family"):
+        parts.append(own["family"])
+    # the seed of the trained model the result is or evaluates (a replicate differs from the main one by it)
+    seed = next((c.get("seed") for c in lineage if "layer" in c), None) or own.get("seed")
+    if seed:
+        parts.append(f"seed {seed}")
+    parts += [f"{k}={own[k]}" for k in ("steps", "n_test", "n_images", "n_samples") if own.get(k) is not None]
+    return ", ".join(parts)
+
+
 def provenance_table(results: Iterable, param_set: str):
     """Markdown: one row per stage result used on the page, with where and how it was computed. Commit,
     device and torch version go in the header when every result shares them, else into the table."""
@@ -267,14 +314,11 @@ def provenance_table(results: Iterable, param_set: str):
     head += "".join(f"; {k} `{v}`" for k, v in shared.items()) + ".\n\n"
     rows = []
     for r in results:
-        c = r.config
-        what = ", ".join(f"{k}={c[k]}" for k in ("dataset", "arch", "layer", "step", "steps", "n_test", "n_images",
-                                                  "n_samples")
-                         if k in c and c[k] is not None)
+        what = describe_result(r)
         p = r.provenance
         rows.append((f"`{r.dir.name}`", what, *[get(p) for _, get in varying], f"{p.get('wall_s', float('nan')):.0f}",
                      str(p.get("date", "?"))[:16].replace("T", " ")))
-    header = ["stage result", "config", *[k for k, _ in varying], "wall s", "date (UTC)"]
+    header = ["stage result", "what it is", *[k for k, _ in varying], "wall s", "date (UTC)"]
     return md(head + markdown_table(header, rows, "ll" + "l" * len(varying) + "rl"))
 
 

@@ -1,0 +1,53 @@
+"""What every chapter shares: the verdict rules (reproduced / contradicted / undecided / no test) and the
+provenance rows that say what each stage result is."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inversion.pipeline.cache import Result
+from inversion.reports.common import Claim, Difference, count_reproduced, decide, describe_result, undecided_why
+
+
+@pytest.mark.parametrize("d, sign, expected", [
+    (Difference(5.0, 2.0), +1, True),     # reproduced: the claimed sign beyond 2 noise units
+    (Difference(-5.0, 2.0), +1, False),   # contradicted: the other sign beyond 2
+    (Difference(3.9, 2.0), +1, None),     # undecided: inside
+    (Difference(-5.0, 2.0), -1, True),    # a claimed decrease
+    (Difference(5.0, 0.0), +1, None),     # no noise to judge by
+    (Difference(float("nan"), 1.0), +1, None),
+])
+def test_decide(d, sign, expected):
+    assert decide(d, sign) is expected
+
+
+def test_statuses_and_counts():
+    make = lambda ok, disc=True: Claim("c", "p", "o", ok, "crit", discriminates=disc)  # noqa: E731
+    claims = [make(True), make(False), make(None), make(True, disc=False)]
+    assert [c.status for c in claims] == ["reproduced", "contradicted", "undecided", "no test"]
+    assert [c.label for c in claims] == ["✓ reproduced", "✗ **contradicted**", "○ undecided", "— no test"]
+    assert count_reproduced(claims) == (1, 2)  # a non-discriminating ✓ counts for nothing
+    assert "4.0 nats or more" in undecided_why(Difference(1.0, 2.0), " nats", 1)
+    assert "no noise" in undecided_why(Difference(1.0, 0.0))
+
+
+def _write(root, name, config, deps=None):
+    d = root / name
+    d.mkdir()
+    (d / "result.json").write_text(json.dumps(dict(stage=name.split("-")[0], key=name.split("-")[1], config=config,
+                                                   deps=deps or {}, metrics={}, provenance={})))
+    return d
+
+
+def test_provenance_rows_say_what_each_result_is(tmp_path):
+    _write(tmp_path, "classifier-a", dict(dataset="mnist", arch="conv", overfit_n=100, steps=4000, seed=0))
+    _write(tmp_path, "snapshot-b", dict(dataset="mnist", step=1000, n_eval=5000), {"classifier": "classifier-a"})
+    _write(tmp_path, "inversion-c", dict(layer="fc3", steps=150, seed=1), {"classifier": "snapshot-b"})
+    nce = _write(tmp_path, "nce-d", dict(n_test=500, batch_size=256),
+                 {"classifier": "snapshot-b", "inversion": "inversion-c"})
+    assert describe_result(Result(nce)) == \
+        "MNIST, conv network, overfitted (100 examples), snapshot after 1000 updates, FC3, seed 1, n_test=500"
+    plain = _write(tmp_path, "classifier-e", dict(dataset="fashion_mnist", arch="fc", overfit_n=None, steps=10, seed=0))
+    assert describe_result(Result(plain)) == "Fashion-MNIST, fc network, steps=10"
