@@ -114,6 +114,8 @@ def test_book_builds_with_every_chapter_and_nothing_remote(built):
     # glued numbers rendered, and each stage-backed chapter ends with its claims and provenance tables
     for name in ("background", "layers", "architectures", "dynamics", "inverters"):
         assert "verdict" in pages[name] and "Provenance" in pages[name], name
+    for name, page in pages.items():  # a string glued as text shows its Python quotes: glue it as Markdown
+        assert not re.search(r"""class="pasted-text">['"]""", page), f"{name}: a quoted string glued as text"
     for name, page in pages.items():  # parameter cells stay in the sources, off the reader's page
         shown = html.unescape(re.sub(r"<[^>]+>", "", page))
         assert 'params = "smoke"' not in shown and "compute = True" not in shown, f"{name}: a parameters cell is shown"

@@ -250,6 +250,42 @@ def _commit(p: Mapping) -> str:
     return f"{str(p.get('commit', '?'))[:10]}{dirty}"
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """"1 seed", "3 seeds": a count with its noun in the right number."""
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
+def parameter_sets_table(sets: Mapping) -> str:
+    """Markdown: what each parameter set trains and evaluates, one column per set (``sets``: name ->
+    ``pipeline.Params``), a row per quantity a reader compares across sets. Sections a set lacks read "—"."""
+
+    def get(P, section, fn):
+        try:
+            return fn(P.section(section)) if section in P else "—"
+        except (KeyError, AttributeError):
+            return "—"
+
+    rows = [
+        ("§5.1 datasets", lambda P: get(P, "layers", lambda S: ", ".join(dataset_label(d) for d in S.datasets))),
+        ("§5.1 classifier", lambda P: get(P, "layers", lambda S: f"{S.classifier.steps:,} steps")),
+        ("§5.1 PixelCNN++", lambda P: get(P, "layers", lambda S: f"{S.inversion.n_filters} filters, "
+                                          f"{plural(S.inversion.n_resnet, 'gated resnet')} per block, {S.inversion.steps:,} steps")),
+        ("§5.1 NCE test images", lambda P: get(P, "layers", lambda S: f"{S.evaluation.n_test_nce:,}")),
+        ("§5.1 Table 1", lambda P: get(P, "layers", lambda S: f"{S.evaluation.n_images} images × "
+                                       f"{S.evaluation.n_samples} samples")),
+        ("§5.2 inversion models", lambda P: get(P, "architectures", lambda S: f"{S.inversion.n_filters} filters, "
+                                                f"{S.inversion.steps:,} steps, {plural(1 + len(S.replicate_seeds), 'seed')}")),
+        ("§5.3 inversion models", lambda P: get(P, "dynamics", lambda S: f"{S.inversion.steps:,} steps at "
+                                                f"{len(S.steps)} snapshots, {plural(1 + len(S.replicate_seeds), 'seed')}")),
+        ("other inverters", lambda P: get(P, "inverters", lambda S: f"flow {S.flow.steps:,}, VAE {S.vae.steps:,}, "
+                                          f"GAN {S.gan.steps:,} steps; bounds on {S.evaluation.n_test:,} images")),
+        ("appendix estimators", lambda P: get(P, "estimators", lambda S: f"{S.n_test:,} test images")),
+    ]
+    names = list(sets)
+    return markdown_table(["", *[f"`{n}`" for n in names]],
+                          [(label, *[fn(sets[n]) for n in names]) for label, fn in rows], "l" + "l" * len(names))
+
+
 def _lineage(result) -> list[dict]:
     """The configs of a result and of every stage it was computed from, nearest first (read from the
     result.json files next to it in the cache; a missing one is skipped)."""
