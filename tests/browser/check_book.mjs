@@ -5,8 +5,9 @@
 //
 // Prints one JSON object: {ok, failures[], external[], errors[], steps{...}}; exit status 0 iff ok.
 // Checks: the scrubber widget renders on layers.html; moving the sample slider (keyboard), pressing play,
-// picking another layer and another test image each change the images shown; MathJax typesets on
-// background.html; no page error; no request leaves 127.0.0.1.
+// picking another layer and another test image each change the images shown; samples are numbered from 1
+// and the filmstrip marks the sample the slider selects, with its class check in the caption; MathJax
+// typesets on background.html; no page error; no request leaves 127.0.0.1.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -66,12 +67,25 @@ try {
     return vis.map((i) => i.src.slice(-64)).join("|");
   }, cls);
   const readout = () => page.locator(".inversion-scrubber .scrub-slider .widget-readout").innerText();
+  // The visible filmstrip: how many items, which one carries the marker (1-based), and its caption.
+  const film = () => page.evaluate(() => {
+    const items = [...document.querySelectorAll(".inversion-scrubber .scrub-filmstrip .scrub-film-item")]
+      .filter((i) => i.offsetParent !== null && i.getBoundingClientRect().width > 0);
+    const idx = items.findIndex((it) => [...it.querySelectorAll(".scrub-marker")].some((m) => m.innerText.includes("▲")));
+    return { items: items.length, marked: idx + 1, caption: idx >= 0 ? items[idx].innerText : "" };
+  });
 
   const s0 = await shown("scrub-samples");
   const r0 = await readout();
   result.steps.initial = { readout: r0, visible_samples: s0 ? s0.split("|").length : 0 };
   if (!s0) fail("no sample image is visible in the scrubber");
   if (s0 && s0.split("|").length !== 1) fail(`expected exactly one visible sample image, got ${s0.split("|").length}`);
+  const f0 = await film();
+  result.steps.filmstrip = { initial: f0 };
+  if (r0.trim() !== "1") fail(`samples should be numbered from 1, the slider starts at ${r0}`);
+  if (f0.items < 2) fail(`the filmstrip shows ${f0.items} samples`);
+  if (f0.marked !== 1) fail(`the filmstrip marks sample ${f0.marked}, the slider shows 1`);
+  if (!/class [✓✗]/.test(f0.caption)) fail(`the marked sample's caption has no class check: ${f0.caption}`);
   if (shots) await scrubber.screenshot({ path: path.join(shots, "scrubber-0.png") });
 
   // 1. move the slider with the keyboard
@@ -85,10 +99,13 @@ try {
   result.steps.slider = { readout: r1, changed: s1 !== s0 };
   if (r1 === r0) fail(`the slider readout did not move (${r0})`);
   if (s1 === s0) fail("moving the slider did not change the sample image");
+  const f1 = await film();
+  result.steps.filmstrip.after_slider = f1;
+  if (String(f1.marked) !== r1.trim()) fail(`the filmstrip marks sample ${f1.marked}, the slider shows ${r1}`);
   if (shots) await scrubber.screenshot({ path: path.join(shots, "scrubber-slider.png") });
 
   // 2. play: the value must advance on its own (this is what the Font Awesome clash used to break).
-  //    Sample the readout while playing; play repeats, so any run of >= 2 distinct values counts.
+  //    Sample the readout while playing (from sample 3, it plays on to the last one): >= 2 distinct values.
   const playButton = page.locator(".inversion-scrubber .scrub-play button").first();
   await playButton.click();
   const seen = new Set();

@@ -254,14 +254,15 @@ def swap_figure(inputs: np.ndarray, swap: np.ndarray, title: str | None = None):
                       row_labels=[f"v of image {i + 1}" for i in range(m)])
 
 
-def family_samples(R: Mapping, layer: str, n_images: int) -> dict[str, np.ndarray]:
+def family_samples(R: Mapping, layer: str, n_images: int, key: str = "samples") -> dict[str, np.ndarray]:
     """{family: samples [n, K, C, H, W]} at ``layer`` for the first ``n_images`` test images, PixelCNN++ first;
-    every family cut to the smallest number of samples any of them drew."""
-    out = {"pixelcnn": R["pixelcnn"][layer]["samples"].arrays("samples.npz")["samples"][:n_images]}
+    every family cut to the smallest number of samples any of them drew. ``key``: another per-sample array
+    of the samples files instead ([n, K]: "agree", "pixel_l1", "dist"), cut alike."""
+    arrays = {"pixelcnn": R["pixelcnn"][layer]["samples"].arrays("samples.npz")}
     for f in R["families"]:
-        out[f] = R["families"][f][layer]["evaluation"].arrays("samples.npz")["samples"][:n_images]
-    k = min(v.shape[1] for v in out.values())
-    return {f: v[:, :k] for f, v in out.items()}
+        arrays[f] = R["families"][f][layer]["evaluation"].arrays("samples.npz")
+    k = min(a["samples"].shape[1] for a in arrays.values())
+    return {f: a[key][:n_images, :k] for f, a in arrays.items()}
 
 
 def scrubber_panels(R: Mapping, n_images: int) -> dict:
@@ -275,7 +276,10 @@ def scrubber_panels(R: Mapping, n_images: int) -> dict:
     x, y = data.load(dataset, "test")
     inputs, labels = x[:n].numpy(), [str(int(v)) for v in y[:n]]
     recon = {layer: R["decoder"][layer].arrays("reconstructions.npz")["images"][:n] for layer in layers}
+    stats = {key: {layer: family_samples(R, layer, n_images, key) for layer in layers}
+             for key in ("agree", "pixel_l1", "dist")}
     families = list(per_layer[layers[0]])
     return {family_label(f): {"inputs": inputs, "labels": labels,
-                              "layers": {layer: {"samples": per_layer[layer][f][:n], "recon": recon[layer]}
+                              "layers": {layer: {"samples": per_layer[layer][f][:n], "recon": recon[layer],
+                                                 **{key: stats[key][layer][f][:n] for key in stats}}
                                          for layer in layers}} for f in families}
