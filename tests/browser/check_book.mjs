@@ -7,7 +7,8 @@
 // Checks: the scrubber widget renders on layers.html; moving the sample slider (keyboard), pressing play,
 // picking another layer and another test image each change the images shown; samples are numbered from 1
 // and the filmstrip marks the sample the slider selects, with its class check in the caption; MathJax
-// typesets on background.html; no page error; no request leaves 127.0.0.1.
+// typesets on background.html; on every page, at 1280 and 390 px wide, nothing is wider than the text
+// column unless it scrolls or is a full-width cell; no page error; no request leaves 127.0.0.1.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -158,6 +159,42 @@ try {
   await page.goto(new URL("index.html", base).href, { waitUntil: "load" });
   await page.waitForTimeout(500);
   if (shots) await page.screenshot({ path: path.join(shots, "intro-page.png"), fullPage: true });
+
+  // ---- nothing wider than its column, at a desktop and at a phone width ------------------------------
+  // An element may pass the article's right edge only inside a container that scrolls it (wide tables,
+  // code) or in a cell tagged full-width (the theme widens those into the margin, within the window).
+  result.steps.overflow = {};
+  for (const width of [1280, 390]) {
+    await page.setViewportSize({ width, height: 900 });
+    for (const name of ["index", "background", "layers", "architectures", "dynamics", "inverters", "estimators"]) {
+      await page.goto(new URL(`${name}.html`, base).href, { waitUntil: "load" });
+      await page.waitForTimeout(400);
+      const bad = await page.evaluate(() => {
+        const art = document.querySelector(".bd-article");
+        if (!art) return ["no .bd-article"];
+        const right = art.getBoundingClientRect().right;
+        const windowRight = document.documentElement.clientWidth;
+        const out = [];
+        for (const el of art.querySelectorAll("*")) {
+          const r = el.getBoundingClientRect();
+          if (r.width === 0) continue;
+          const limit = el.closest(".tag_full-width") ? windowRight : right;
+          if (r.right <= limit + 1) continue;
+          let a = el.parentElement, scrolled = false;
+          while (a && a !== art) {
+            const ox = getComputedStyle(a).overflowX;
+            if (["auto", "scroll", "hidden"].includes(ox) && a.getBoundingClientRect().right <= limit + 1) { scrolled = true; break; }
+            a = a.parentElement;
+          }
+          if (!scrolled) out.push(`${el.tagName.toLowerCase()}${el.className && typeof el.className === "string" ? "." + el.className.split(" ")[0] : ""} +${Math.round(r.right - right)}px`);
+        }
+        return [...new Set(out)].slice(0, 5);
+      });
+      result.steps.overflow[`${name}@${width}`] = bad.length;
+      if (bad.length) fail(`${name}.html at ${width} px: wider than the column: ${bad.join(", ")}`);
+    }
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
 
   if (result.external.length) fail(`${result.external.length} request(s) tried to leave 127.0.0.1`);
   if (result.errors.length) fail(`${result.errors.length} page error(s)`);
