@@ -169,11 +169,6 @@ VERDICTS = {"reproduced": "✓ reproduced", "contradicted": "✗ **contradicted*
             "no test": "— no test"}
 
 
-def verdict(ok: bool | None) -> str:
-    """The label of a three-valued outcome: reproduced (True), contradicted (False), undecided (None)."""
-    return VERDICTS[{True: "reproduced", False: "contradicted", None: "undecided"}[ok]]
-
-
 def decide(d: Difference, sign: int = +1, margin: float = 2.0) -> bool | None:
     """A difference against its noise: True when it has the claimed ``sign`` beyond ``margin`` noise units
     (reproduced), False when it has the other sign beyond them (contradicted), None inside (undecided at
