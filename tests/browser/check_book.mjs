@@ -167,8 +167,9 @@ try {
   for (const width of [1280, 390]) {
     await page.setViewportSize({ width, height: 900 });
     for (const name of ["index", "background", "layers", "architectures", "dynamics", "inverters", "estimators"]) {
-      await page.goto(new URL(`${name}.html`, base).href, { waitUntil: "load" });
-      await page.waitForTimeout(400);
+      // networkidle: leaving a page while its fonts still load would abort them (a failed local request)
+      await page.goto(new URL(`${name}.html`, base).href, { waitUntil: "networkidle" });
+      await page.waitForTimeout(200);
       const bad = await page.evaluate(() => {
         const art = document.querySelector(".bd-article");
         if (!art) return ["no .bd-article"];
