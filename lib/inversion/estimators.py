@@ -174,38 +174,22 @@ class _Euclidean:
             out[i : i + step] = (diff * diff).sum(dim=1)
         return out
 
-
-class _ExactNear:
-    """Squared distances of a block, exact wherever they are at most ``limit`` (per row) up to their error
-    bound, and the fast values elsewhere (which are then certainly above ``limit``)."""
-
-    def __init__(self, euclid: _Euclidean, start: int, stop: int):
-        self.euclid, self.start = euclid, start
-        self.fast, self.err = euclid.block(start, stop), euclid.bound(start, stop)
-
-    def refined(self, limit: torch.Tensor, exclude_self: bool = True) -> torch.Tensor:
-        """The block with exact values for every entry whose error interval reaches down to ``limit``
-        ([B, 1]); the others are left fast (their true values exceed ``limit``). Self-pairs: inf if
-        ``exclude_self``."""
-        d2 = self.fast.clone()
-        near = (self.fast - self.err) <= limit
-        r, c = near.nonzero(as_tuple=True)
+    def make_exact(self, d2: torch.Tensor, where: torch.Tensor, start: int) -> torch.Tensor:
+        """``d2`` (a block starting at row ``start``) with the entries ``where`` is True made exact, in place."""
+        r, c = where.nonzero(as_tuple=True)
         if len(r):
-            d2[r, c] = self.euclid.exact(r + self.start, c)
-        rows = torch.arange(d2.shape[0])
-        d2[rows, rows + self.start] = float("inf") if exclude_self else 0.0
+            d2[r, c] = self.exact(r + start, c)
         return d2
 
 
-def _kth_exact(near: _ExactNear, k: int) -> torch.Tensor:
+def _kth_exact(euclid: _Euclidean, start: int, stop: int, k: int) -> torch.Tensor:
     """Per row of the block, the exact k-th smallest squared distance to another row: the k-th smallest
     upper bound U bounds it from above, so only entries whose lower bound is ≤ U can be among the k
     nearest, and those are made exact."""
-    upper = near.fast + near.err
-    rows = torch.arange(upper.shape[0])
-    upper[rows, rows + near.start] = float("inf")
-    limit = upper.kthvalue(k, dim=1).values[:, None]
-    return near.refined(limit).kthvalue(k, dim=1).values
+    fast, err = euclid.block(start, stop), euclid.bound(start, stop)
+    limit = _exclude_self(fast + err, start).kthvalue(k, dim=1).values[:, None]
+    d2 = euclid.make_exact(fast.clone(), (fast - err) <= limit, start)
+    return _exclude_self(d2, start).kthvalue(k, dim=1).values
 
 
 def _marginal_distances(data: np.ndarray, metric: str):
@@ -450,7 +434,7 @@ def kraskov_entropy(t, k: int = 3, *, eps: float = 0.0, chunk_size: int | None =
     sum_log_r = 0.0
     for start in range(0, n, step):
         stop = min(start + step, n)
-        r = _kth_exact(_ExactNear(euclid, start, stop), k).sqrt()
+        r = _kth_exact(euclid, start, stop, k).sqrt()
         with np.errstate(divide="ignore"):
             sum_log_r += float(np.log(r.numpy() + eps).sum())
     log_unit_ball = 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim + 1.0)
@@ -499,15 +483,12 @@ def ksg_mi(x, y, k: int = 3, *, metric: str = "euclidean", chunk_size: int | Non
     total = 0.0
     if metric == "euclidean":
         ex, ey = _Euclidean(xs), _Euclidean(ys)
+        blocks = lambda a, b: _ksg_exact_blocks(ex, ey, a, b, k)  # noqa: E731
     else:
         dist_x, dist_y = _marginal_distances(xs, metric), _marginal_distances(ys, metric)
+        blocks = lambda a, b: (_exclude_self(dist_x(a, b), a), _exclude_self(dist_y(a, b), a))  # noqa: E731
     for start in range(0, n, step):
-        stop = min(start + step, n)
-        if metric == "euclidean":
-            dx, dy = _ksg_exact_blocks(_ExactNear(ex, start, stop), _ExactNear(ey, start, stop), k)
-        else:
-            dx = _exclude_self(dist_x(start, stop), start)
-            dy = _exclude_self(dist_y(start, stop), start)
+        dx, dy = blocks(start, min(start + step, n))
         # Counting on the same dx, dy blocks the joint distance came from keeps the strict "<"
         # consistent: the k-th neighbour itself is never counted in the marginal that sets ε_i.
         eps_i = torch.maximum(dx, dy).kthvalue(k, dim=1).values[:, None]
@@ -518,7 +499,7 @@ def ksg_mi(x, y, k: int = 3, *, metric: str = "euclidean", chunk_size: int | Non
     return float(psi[0] + psi[1]) - total / n
 
 
-def _ksg_exact_blocks(near_x: _ExactNear, near_y: _ExactNear, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _ksg_exact_blocks(ex: _Euclidean, ey: _Euclidean, start: int, stop: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared marginal distances of one block for KSG, exact wherever they decide ε_i or a count.
 
     With U the k-th smallest upper bound of the joint (max) distance, the true ε_i² ≤ U: only pairs whose
@@ -527,24 +508,14 @@ def _ksg_exact_blocks(near_x: _ExactNear, near_y: _ExactNear, k: int) -> tuple[t
     contains ε_i² (elsewhere the fast value is certainly below or above it): those few are made exact
     too. Every other entry keeps its fast value, certainly on the right side of ε_i². Comparisons on
     squared distances order as on distances."""
-    fx, ex, fy, ey = near_x.fast, near_x.err, near_y.fast, near_y.err
+    fx, errx, fy, erry = ex.block(start, stop), ex.bound(start, stop), ey.block(start, stop), ey.bound(start, stop)
+    limit = _exclude_self(torch.maximum(fx + errx, fy + erry), start).kthvalue(k, dim=1).values[:, None]
+    candidate = ((fx - errx) <= limit) & ((fy - erry) <= limit)
     rows = torch.arange(fx.shape[0])
-    cols = rows + near_x.start
-    upper = torch.maximum(fx + ex, fy + ey)
-    upper[rows, cols] = float("inf")
-    limit = upper.kthvalue(k, dim=1).values[:, None]
-    candidate = ((fx - ex) <= limit) & ((fy - ey) <= limit)
-    candidate[rows, cols] = False
-    dx, dy = fx.clone(), fy.clone()
-    r, c = candidate.nonzero(as_tuple=True)
-    if len(r):
-        dx[r, c] = near_x.euclid.exact(r + near_x.start, c)
-        dy[r, c] = near_y.euclid.exact(r + near_y.start, c)
+    candidate[rows, rows + start] = False
+    dx, dy = ex.make_exact(fx.clone(), candidate, start), ey.make_exact(fy.clone(), candidate, start)
     joint = torch.where(candidate, torch.maximum(dx, dy), torch.full_like(dx, float("inf")))
     eps2 = joint.kthvalue(k, dim=1).values[:, None]
-    for d, near, err in ((dx, near_x, ex), (dy, near_y, ey)):
-        r, c = (((d - eps2).abs() <= err) & ~candidate).nonzero(as_tuple=True)
-        if len(r):
-            d[r, c] = near.euclid.exact(r + near.start, c)
-        d[rows, cols] = float("inf")
+    for d, euclid, err in ((dx, ex, errx), (dy, ey, erry)):
+        _exclude_self(euclid.make_exact(d, ((d - eps2).abs() <= err) & ~candidate, start), start)
     return dx, dy

@@ -408,13 +408,18 @@ def inverters_plan(P: Params, dataset: str) -> dict:
     plan = {"classifier": clf, "families": {f: {} for f in S.families},
             "pixelcnn": {layer: {k: base["layers"][layer][k] for k in ("inversion", "nce", "samples")}
                          for layer in layers}}
+    def trained(L, family: str, layer: str, seed: int | None = None) -> dict:
+        """The refs of one family's model at ``layer`` (with another ``seed`` for a replicate) and its evaluation."""
+        config = {**asdict(getattr(L, family)), "layer": layer, **({} if seed is None else {"seed": int(seed)})}
+        model = ref(TRAIN[family], config, classifier=clf)
+        return {"model": model, "evaluation": ref(EVALUATE, {"family": family, **asdict(ev)}, classifier=clf,
+                                                  model=model)}
+
     plan["replicates"] = {}
     for layer in layers:
         L = P.section("inverters", dataset, layer)
         for family in S.families:
-            model = ref(TRAIN[family], {**asdict(getattr(L, family)), "layer": layer}, classifier=clf)
-            evaluation = ref(EVALUATE, {"family": family, **asdict(ev)}, classifier=clf, model=model)
-            plan["families"][family][layer] = {"model": model, "evaluation": evaluation}
+            plan["families"][family][layer] = trained(L, family, layer)
         if L.replicate_seeds:
             nce = base["layers"][layer]["nce"]
             own = {"PixelCNN++ (layers.inversion.seed)": base["layers"][layer]["inversion"].config["seed"],
@@ -427,12 +432,7 @@ def inverters_plan(P: Params, dataset: str) -> dict:
             reps = {"pixelcnn": replicate_nces(L.replicate_seeds, nce.config["n_test"], clf,
                                                base["layers"][layer]["inversion"].config)}
             for family in [f for f in S.families if f in BOUNDED]:
-                reps[family] = {}
-                for seed in L.replicate_seeds:
-                    model = ref(TRAIN[family], {**asdict(getattr(L, family)), "layer": layer, "seed": int(seed)},
-                                classifier=clf)
-                    reps[family][int(seed)] = ref(EVALUATE, {"family": family, **asdict(ev)}, classifier=clf,
-                                                  model=model)
+                reps[family] = {int(seed): trained(L, family, layer, seed)["evaluation"] for seed in L.replicate_seeds}
             plan["replicates"][layer] = reps
     plan["decoder"] = {layer: base["layers"][layer]["decoder"] for layer in layers}  # the MSE baseline
     plan["neighbours"] = {layer: base["layers"][layer]["neighbours"] for layer in layers}  # Table 1's 1NN

@@ -184,13 +184,14 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
                           "away from an end point beyond its noise"))
         if {"regular", "overfit"} <= set(s.regimes):
             d = overfit_minus_regular(s, l)
+            ok = decide(d, +1)
             out.append(Claim(
                 kind="overfit_keeps_more", layer=l,
                 claim=f"{layer_label(l)}: the overfitted network keeps more about the input", paper="yes, every layer",
                 ours=f"overfitted − regular at {steps[-1]} updates: {d.value:+.1f} ± {d.noise:.1f} nats{seeds}",
-                reproduced=decide(d, +1),
+                reproduced=ok,
                 why={True: None, None: undecided_why(d, " nats", 1),
-                     False: "the overfitted network's NCE is lower, beyond the noise: it keeps less"}[decide(d, +1)],
+                     False: "the overfitted network's NCE is lower, beyond the noise: it keeps less"}[ok],
                 criterion="NCE difference at the last checkpoint > 2 × its noise (paired s.e. and seed spread); "
                           "< −2 × noise: contradicted"))
     if {"regular", "overfit"} <= set(s.regimes):

@@ -16,6 +16,7 @@ import numpy as np
 from inversion.bounds import difference_noise, paired_difference
 from inversion.reports.common import Claim, Difference, Estimate, SeedSpread, decide, fmt, image_grid, \
     layer_label, undecided_why
+from inversion.reports.widgets import STAT_KEYS
 
 FAMILY_LABELS = {"pixelcnn": "PixelCNN++", "flow": "conditional flow (INN)", "vae": "conditional VAE",
                  "gan": "feedforward GAN"}
@@ -254,32 +255,35 @@ def swap_figure(inputs: np.ndarray, swap: np.ndarray, title: str | None = None):
                       row_labels=[f"v of image {i + 1}" for i in range(m)])
 
 
-def family_samples(R: Mapping, layer: str, n_images: int, key: str = "samples") -> dict[str, np.ndarray]:
-    """{family: samples [n, K, C, H, W]} at ``layer`` for the first ``n_images`` test images, PixelCNN++ first;
-    every family cut to the smallest number of samples any of them drew. ``key``: another per-sample array
-    of the samples files instead ([n, K]: "agree", "pixel_l1", "dist"), cut alike."""
+def _family_arrays(R: Mapping, layer: str, n_images: int, keys=("samples",)) -> dict[str, dict[str, np.ndarray]]:
+    """{family: {key: array}} at ``layer`` for the first ``n_images`` test images, PixelCNN++ first, each
+    samples file read once; every family cut to the smallest number of samples any of them drew."""
     arrays = {"pixelcnn": R["pixelcnn"][layer]["samples"].arrays("samples.npz")}
     for f in R["families"]:
         arrays[f] = R["families"][f][layer]["evaluation"].arrays("samples.npz")
     k = min(a["samples"].shape[1] for a in arrays.values())
-    return {f: a[key][:n_images, :k] for f, a in arrays.items()}
+    return {f: {key: a[key][:n_images, :k] for key in keys} for f, a in arrays.items()}
+
+
+def family_samples(R: Mapping, layer: str, n_images: int) -> dict[str, np.ndarray]:
+    """{family: samples [n, K, C, H, W]} at ``layer`` for the first ``n_images`` test images, PixelCNN++ first;
+    every family cut to the smallest number of samples any of them drew."""
+    return {f: a["samples"] for f, a in _family_arrays(R, layer, n_images).items()}
 
 
 def scrubber_panels(R: Mapping, n_images: int) -> dict:
-    """Panels for ``widgets.scrubber`` with one entry per inverter (its menu), the MSE reconstruction beside."""
+    """Panels for ``widgets.scrubber`` with one entry per inverter (its menu), the MSE reconstruction beside,
+    and each sample's statistics for the filmstrip."""
     from inversion import data
 
     layers = list(R["pixelcnn"])
     dataset = R["classifier"].config["dataset"]
-    per_layer = {layer: family_samples(R, layer, n_images) for layer in layers}
-    n = min(min(len(v) for v in fam.values()) for fam in per_layer.values())
+    per_layer = {layer: _family_arrays(R, layer, n_images, ("samples", *STAT_KEYS)) for layer in layers}
+    n = min(len(a["samples"]) for fam in per_layer.values() for a in fam.values())
     x, y = data.load(dataset, "test")
     inputs, labels = x[:n].numpy(), [str(int(v)) for v in y[:n]]
     recon = {layer: R["decoder"][layer].arrays("reconstructions.npz")["images"][:n] for layer in layers}
-    stats = {key: {layer: family_samples(R, layer, n_images, key) for layer in layers}
-             for key in ("agree", "pixel_l1", "dist")}
-    families = list(per_layer[layers[0]])
     return {family_label(f): {"inputs": inputs, "labels": labels,
-                              "layers": {layer: {"samples": per_layer[layer][f][:n], "recon": recon[layer],
-                                                 **{key: stats[key][layer][f][:n] for key in stats}}
-                                         for layer in layers}} for f in families}
+                              "layers": {layer: {"recon": recon[layer],
+                                                 **{key: v[:n] for key, v in per_layer[layer][f].items()}}
+                                         for layer in layers}} for f in per_layer[layers[0]]}

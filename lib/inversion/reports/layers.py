@@ -336,17 +336,17 @@ def layer_claims(s: LayerSummary) -> list[Claim]:
     if "logits" in layers:
         st = s.own_vs_same_class["logits"]
         ok = st.n_inputs >= 2 and math.isfinite(st.stderr)
+        d = Difference(st.diff, st.stderr)
+        verdict = decide(d, -1) if ok else None
         out.append(Claim(
             claim=f"{D}: LOGITS samples keep the input's style, not just its class", paper="yes, for MNIST (Fig. 1)",
             ours=f"distance ratio {st.ratio:.3f} (difference {st.diff:+.4f} ± {st.stderr:.4f}) over {st.n_inputs} "
                  "images" if ok else "n/a (too few test images of one class)",
-            reproduced=decide(Difference(st.diff, st.stderr), -1) if ok else None,
-            why=(None if ok and decide(Difference(st.diff, st.stderr), -1) else
-                 "too few test images of one class to compare" if not ok else
-                 undecided_why(Difference(st.diff, st.stderr), " (pixel L1)", 4)
-                 if decide(Difference(st.diff, st.stderr), -1) is None else
-                 "the samples are farther from their own input than from other inputs of its class: they keep "
-                 "the class, not the style"),
+            reproduced=verdict,
+            why=("too few test images of one class to compare" if not ok else
+                 {True: None, None: undecided_why(d, " (pixel L1)", 4),
+                  False: "the samples are farther from their own input than from other inputs of its class: they "
+                         "keep the class, not the style"}[verdict]),
             criterion="samples are closer (pixel L1) to their own input than to other test inputs of the same "
                       "class, beyond 2 standard errors (farther beyond 2: contradicted)"))
     f2 = s.figure2

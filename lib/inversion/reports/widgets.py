@@ -28,6 +28,7 @@ import numpy as np
 from inversion.reports.common import dataset_label, layer_label
 
 SCRUBBER_CLASS = "inversion-scrubber"
+STAT_KEYS = ("agree", "pixel_l1", "dist")  # a panel layer's optional per-sample statistics (the samples files')
 
 
 def png(image: np.ndarray, scale: int = 4) -> bytes:
@@ -194,7 +195,7 @@ def panels_from_results(per_dataset: Mapping[str, Mapping], n_images: int) -> di
             rec = r["decoder"].arrays("reconstructions.npz")["images"]
             n = min(n_images, len(s["samples"]), len(rec))
             layers[layer] = {"samples": s["samples"][:n], "recon": rec[:n],
-                             **{k: s[k][:n] for k in ("agree", "pixel_l1", "dist") if k in s}}
+                             **{k: s[k][:n] for k in STAT_KEYS if k in s}}
             if inputs is None:
                 x, y = data.load(ds, "test")
                 idx = s["test_index"][:n]
