@@ -8,7 +8,8 @@ import json
 import pytest
 
 from inversion.pipeline.cache import Result
-from inversion.reports.common import Claim, Difference, count_reproduced, decide, describe_result, undecided_why
+from inversion.reports.common import Claim, Difference, claims_table, count_reproduced, decide, describe_result, \
+    undecided_why
 
 
 @pytest.mark.parametrize("d, sign, expected", [
@@ -31,6 +32,16 @@ def test_statuses_and_counts():
     assert count_reproduced(claims) == (1, 2)  # a non-discriminating ✓ counts for nothing
     assert "4.0 nats or more" in undecided_why(Difference(1.0, 2.0), " nats", 1)
     assert "no noise" in undecided_why(Difference(1.0, 0.0))
+
+
+def test_claims_table_has_four_columns_with_each_test_and_each_reason():
+    table = claims_table([Claim("NCE falls", "yes", "-3 ± 2", None, "drop > 2 × noise", why="inside the noise"),
+                          Claim("accuracy", "99 %", "98.9 %", True, "within 1 point")]).data
+    header, sep, undecided, reproduced = table.splitlines()
+    assert header.count("|") == 5 and sep.count("---") == 4
+    assert "NCE falls<br><small>test: drop > 2 × noise</small>" in undecided
+    assert "○ undecided<br><small>inside the noise</small>" in undecided
+    assert reproduced.rstrip(" |").endswith("✓ reproduced")  # no reason where none is needed
 
 
 def _write(root, name, config, deps=None):

@@ -12,7 +12,7 @@ from inversion.reports import widgets
 def _panel(labels, n=2, k=3, stats=True, layers=("conv1", "fc3"), seed=0):
     rng = np.random.default_rng(seed)
     img = lambda *s: rng.integers(0, 256, s, dtype=np.uint8)  # noqa: E731
-    extra = dict(agree=np.array([[True, False, True]] * n), pixel_l1=np.full((n, k), 0.25),
+    extra = dict(pred=np.array([[7, 1, 7]] * n), agree=np.array([[True, False, True]] * n), pixel_l1=np.full((n, k), 0.25),
                  dist=np.full((n, k), 0.5)) if stats else {}
     return {"inputs": img(n, 1, 4, 4), "labels": labels,
             "layers": {l: {"samples": img(n, k, 1, 4, 4), "recon": img(n, 1, 4, 4), **extra} for l in layers}}
@@ -42,9 +42,11 @@ def test_samples_are_numbered_from_one_and_the_filmstrip_marks_the_slider_positi
     # every sample Stack starts with an empty child, so the slider's value is the sample's number
     deepest = _find(box, "scrub-samples")[0].children[0].children[0].children[0]
     assert len(deepest.children) == 4 and deepest.children[0].value == ""
-    captions = [c.value for c in _find(_find(box, "scrub-filmstrip")[0], "scrub-film-item")[0].children
-                if hasattr(c, "value") and isinstance(c.value, str) and "scrub-caption" in c.value]
-    assert "<b>1</b>" in captions[0] and "class ✓" in captions[0] and "px 0.25 · h 0.5" in captions[0]
+    captions = [next(c.value for c in item.children
+                     if hasattr(c, "value") and isinstance(c.value, str) and "scrub-caption" in c.value)
+                for item in _find(_find(box, "scrub-filmstrip")[0], "scrub-film-item")]
+    assert "<b>1</b>" in captions[0] and "class 7 ✓" in captions[0] and "px 0.25 · h 0.5" in captions[0]
+    assert "<b>2</b>" in captions[1] and "class 1 ✗" in captions[1]
     image_menu = _find(box, "scrub-image")[0]
     assert image_menu.options[0][0] == "test image 1 (MNIST: 7, Fashion-MNIST: 9)"
     assert image_menu.options[1][0] == "test image 2 (label 2)"

@@ -6,9 +6,10 @@
 // Prints one JSON object: {ok, failures[], external[], errors[], steps{...}}; exit status 0 iff ok.
 // Checks: the scrubber widget renders on layers.html; moving the sample slider (keyboard), pressing play,
 // picking another layer and another test image each change the images shown; samples are numbered from 1
-// and the filmstrip marks the sample the slider selects, with its class check in the caption; MathJax
+// and the filmstrip marks the sample the slider selects, with its predicted class in the caption; MathJax
 // typesets on background.html; on every page, at 1280 and 390 px wide, nothing is wider than the text
-// column unless it scrolls or is a full-width cell; no page error; no request leaves 127.0.0.1.
+// column unless it scrolls or is a full-width cell; every picture is a figure with a numbered caption, shown at
+// least as wide as the figures were drawn for; no page error; no request leaves 127.0.0.1.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -27,6 +28,7 @@ if (shots) fs.mkdirSync(shots, { recursive: true });
 
 const result = { ok: false, failures: [], external: [], errors: [], steps: {} };
 const fail = (msg) => result.failures.push(msg);
+const FIGURE_COLUMN_PX = 672; // = inversion.reports.common.COLUMN_PX (tests/test_reports_common.py keeps them equal)
 
 const browser = await chromium.launch({
   executablePath: exe,
@@ -86,7 +88,7 @@ try {
   if (r0.trim() !== "1") fail(`samples should be numbered from 1, the slider starts at ${r0}`);
   if (f0.items < 2) fail(`the filmstrip shows ${f0.items} samples`);
   if (f0.marked !== 1) fail(`the filmstrip marks sample ${f0.marked}, the slider shows 1`);
-  if (!/class [✓✗]/.test(f0.caption)) fail(`the marked sample's caption has no class check: ${f0.caption}`);
+  if (!/class \d+ [✓✗]/.test(f0.caption)) fail(`the marked sample's caption has no predicted class: ${f0.caption}`);
   if (shots) await scrubber.screenshot({ path: path.join(shots, "scrubber-0.png") });
 
   // 1. move the slider with the keyboard
@@ -193,6 +195,24 @@ try {
       });
       result.steps.overflow[`${name}@${width}`] = bad.length;
       if (bad.length) fail(`${name}.html at ${width} px: wider than the column: ${bad.join(", ")}`);
+      // Every picture outside a widget is a numbered figure with a caption, and at 1280 px the figure's
+      // column is at least FIGURE_COLUMN_PX wide: the width the figures' text sizes were checked for.
+      const figs = await page.evaluate(() => [...document.querySelectorAll(".bd-article img")]
+        .filter((i) => !i.closest(".jupyter-widgets, .widget-image, .inversion-scrubber"))
+        .map((i) => {
+          const f = i.closest("figure");
+          const cap = f ? (f.querySelector("figcaption")?.innerText || "").trim() : "";
+          return { cap: cap.slice(0, 60), box: f ? Math.round(f.getBoundingClientRect().width) : 0,
+                   shown: Math.round(i.getBoundingClientRect().width), natural: i.naturalWidth };
+        }));
+      result.steps.figures = result.steps.figures || {};
+      result.steps.figures[`${name}@${width}`] = figs.map((f) => f.cap.split(" ").slice(0, 2).join(" "));
+      for (const f of figs) {
+        if (!/^Fig\. \d+\.\d+ \S/.test(f.cap)) fail(`${name}.html: a picture without a numbered caption (${f.cap || "none"})`);
+        if (width === 1280 && Math.min(f.natural, FIGURE_COLUMN_PX) > f.shown + 1)
+          fail(`${name}.html at 1280 px: a figure of ${f.natural} px is shown at ${f.shown} px, narrower than ` +
+               `the ${FIGURE_COLUMN_PX} px its text was sized for (inversion.reports.common.COLUMN_PX)`);
+      }
     }
   }
   await page.setViewportSize({ width: 1280, height: 900 });

@@ -239,7 +239,7 @@ def _draw(model, family: str, h: torch.Tensor, gen: torch.Generator) -> torch.Te
 SWAP_IMAGES = 5  # test images of the flow's swap grid (residual of image i decoded with h of image j)
 
 
-@stage("inverter_eval", "2", EvaluationConfig, deps=("classifier", "model"))
+@stage("inverter_eval", "3", EvaluationConfig, deps=("classifier", "model"))
 def evaluate_inverter(ctx: Context) -> dict:
     """One inverter on test images: its bound on log P(x | h) in nats (flow, VAE; none for the GAN), and
     samples for ``n_images`` test images sent back through the classifier (as §5.1's samples stage). For the
@@ -291,13 +291,14 @@ def evaluate_inverter(ctx: Context) -> dict:
     sample_seconds = time.perf_counter() - t0
     s_feats = features_and_logits(clf, samples, layer, ctx.device)
     dist = (s_feats[layer].cpu() - context.cpu()).abs().flatten(1).mean(1).view(n, k)
-    agree = (s_feats["logits"].argmax(1).view(n, k).cpu() == pred[:, None]).float()
+    sample_pred = s_feats["logits"].argmax(1).view(n, k).cpu()  # the classifier's class for each sample
+    agree = (sample_pred == pred[:, None]).float()
     xs = samples.view(n, k, -1).float() / 255.0
     pix = (xs - x.view(n, 1, -1).float() / 255.0).abs().mean(2)
     diversity = (torch.stack([(xs[:, a] - xs[:, b]).abs().mean(1) for a in range(k) for b in range(a + 1, k)]).mean(0)
                  if k >= 2 else torch.full((n,), float("nan")))
     ctx.save_npz("samples.npz", samples=samples.view(n, k, *x.shape[1:]).numpy(), dist=dist.numpy(),
-                 agree=agree.numpy(), pixel_l1=pix.numpy(), diversity=diversity.numpy(), test_index=np.arange(n),
+                 agree=agree.numpy(), pred=sample_pred.numpy(), input_pred=pred.numpy(), pixel_l1=pix.numpy(), diversity=diversity.numpy(), test_index=np.arange(n),
                  labels=y.numpy())
     if c.family == "flow":  # Rombach et al.'s swap: what x_i keeps beyond h_i (its residual), decoded with h_j
         m = min(n, SWAP_IMAGES)

@@ -259,7 +259,7 @@ def train_decoder_stage(ctx: Context) -> dict:
     return dict(test_mse=mse, steps=res.step, train_seconds=res.seconds, best_step=res.best_step, history=res.history)
 
 
-@stage("samples", "1", SamplesConfig, deps=("classifier", "inversion"))
+@stage("samples", "2", SamplesConfig, deps=("classifier", "inversion"))
 def draw_samples(ctx: Context) -> dict:
     """Sample the inversion model for test images; distances of the samples' representations (Table 1).
 
@@ -267,7 +267,9 @@ def draw_samples(ctx: Context) -> dict:
     through the classifier, and compared with the input at the same layer: ``dist`` is the mean absolute
     difference per unit, L1(h, h_hat) / dim(h). IM-S is the first sample's distance, IM-NN the smallest of
     the first ``nn_of`` (the paper: 10). ``keep_topk`` stores only the k closest samples per image (Fig. 2
-    draws 1024 and shows 6); otherwise all are stored.
+    draws 1024 and shows 6); otherwise all are stored, with per sample its class by the classifier
+    (``pred``; ``input_pred`` is the input's), whether that is the input's class (``agree``) and its pixel
+    L1 to the input (``pixel_l1``).
     """
     c = ctx.config
     clf_res = ctx.dep("classifier", need=("model.pt",))
@@ -294,7 +296,8 @@ def draw_samples(ctx: Context) -> dict:
     samples = torch.cat(chunks)  # [n*k, C, H, W] uint8
     s_feats = features_and_logits(clf, samples, layer, ctx.device)
     dist = (s_feats[layer].cpu() - context.cpu()).abs().flatten(1).mean(1).view(n, k)
-    agree = (s_feats["logits"].argmax(1).view(n, k).cpu() == pred.cpu()[:, None]).float()
+    sample_pred = s_feats["logits"].argmax(1).view(n, k).cpu()  # the classifier's class for each sample
+    agree = (sample_pred == pred.cpu()[:, None]).float()
     xs = samples.view(n, k, *x.shape[1:]).float() / 255.0
     pix = (xs - x.float()[:, None] / 255.0).abs().flatten(2).mean(2)  # [n, k] pixel L1 to own input
     # Pixel L1 from each image's samples to every input of the set: do samples keep the input's style, or
@@ -309,7 +312,7 @@ def draw_samples(ctx: Context) -> dict:
     else:
         stored = samples.view(n, k, *x.shape[1:])
         ctx.save_npz("samples.npz", samples=stored.numpy(), dist=dist.numpy(), agree=agree.numpy(),
-                     pixel_l1=pix.numpy(), pixel_l1_to_inputs=to_all.numpy(),
+                     pred=sample_pred.numpy(), input_pred=pred.cpu().numpy(), pixel_l1=pix.numpy(), pixel_l1_to_inputs=to_all.numpy(),
                      test_index=np.arange(c.offset, c.offset + n), labels=y.numpy())
     nn_of = min(c.nn_of, k)
     most = "" if None in passes else f" ({max(passes)} network passes at most per batch)"

@@ -99,7 +99,8 @@ def figure4(inputs: np.ndarray, per_arch: Mapping[str, tuple[np.ndarray, np.ndar
         columns += [(f"sample {j + 1}", smp[:, j]) for j in range(k)] + [("MSE", rec)]
         frames += [None] * k + ["tab:orange"]
         groups.append((arch_label(a), k + 1))
-    return image_grid(columns, groups, frames, title=title, row_labels=[f"image {i + 1}" for i in range(len(inputs))])
+    return image_grid(columns, groups, frames, title=title, row_labels=[f"image {i + 1}" for i in range(len(inputs))],
+                      lead=1)
 
 
 def geometry_rows(s: ArchitectureSummary) -> list[tuple]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from inversion.reports.common import Claim
+from inversion.reports.common import FIGURE_WIDTH_IN, Claim
 
 TOY_LABELS = {"none": "no h (unconditional)", "count": "h = number of lit pixels", "rows": "h = the three row sums",
               "image": "h = x itself"}
@@ -60,7 +60,7 @@ def toy_plot(steps: Sequence[int], curves: Mapping[str, Sequence[float]], exact:
              labels: Mapping[str, str] | None = None):
     """The worked example: exact NCE of each inversion model during training, and its gap to -H(x | h)."""
     labels = labels or {}
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN, 3.0))
     steps = np.asarray(steps)
     xs = np.maximum(steps, 1)  # step 0 on a log axis
     for i, (kind, ce) in enumerate(curves.items()):
@@ -75,16 +75,17 @@ def toy_plot(steps: Sequence[int], curves: Mapping[str, Sequence[float]], exact:
     deepest = min(-exact[k] for k in curves)
     lowest = min(min(-np.asarray(ce)) for ce in curves.values())
     axes[0].set_ylim(max(lowest - 0.5, deepest - 12), 0.5)
-    axes[0].set_ylabel("NCE (exact)  [nats]")
-    axes[0].set_title("NCE rises to −H(x | h) (dashed)", fontsize=10)
+    axes[0].set_ylabel("NCE (exact)  [nats]", fontsize=8.5)
+    axes[0].set_title("NCE rises to −H(x | h) (dashed)", fontsize=9)
     axes[1].set_xscale("log")
     axes[1].set_yscale("log")
-    axes[1].set_ylabel("gap = H*(x | h) − H(x | h)  [nats]")
-    axes[1].set_title("the gap is E_h KL(p(x|h) ‖ p_θ(x|h)) ≥ 0", fontsize=10)
+    axes[1].set_ylabel("gap = H*(x | h) − H(x | h)  [nats]", fontsize=8.5)
+    axes[1].set_title("the gap: E_h KL(p(x|h) ‖ p_θ(x|h)) ≥ 0", fontsize=9)
     for ax in axes:
-        ax.set_xlabel("training step (step 0 plotted at 1)")
+        ax.set_xlabel("training step (0 plotted at 1)", fontsize=8.5)
+        ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

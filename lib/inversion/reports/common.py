@@ -67,6 +67,113 @@ class SeedSpread:
     n_models: int
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Figures: drawn for the page they are read on
+# ---------------------------------------------------------------------------------------------------------
+
+DPI = 110  # the chapters' figure and savefig dpi: one inch of figure is DPI CSS px on the page, at most
+COLUMN_PX = 672  # a figure's width in the book's text column at a 1280-px window (the browser check measures it)
+MIN_TEXT_PX = 10  # the smallest text a figure may show on the page, in CSS px
+PAD_IN = 0.1  # the white margin around a saved figure (matplotlib's default)
+FIGURE_WIDTH_IN = COLUMN_PX / DPI - 2 * PAD_IN  # a figure this wide is shown at its own size: its text keeps its size
+
+
+def shown_width_in(fig) -> float:
+    """The width of ``fig``'s PNG in inches: its tight bounding box and the padding, as ``figure_png`` saves it."""
+    fig.draw_without_rendering()  # tick labels exist only once drawn
+    return fig.get_tightbbox().width + 2 * PAD_IN
+
+
+def smallest_text_px(fig, column_px: int = COLUMN_PX, width_in: float | None = None) -> tuple[float, str]:
+    """The smallest visible text of ``fig`` as the page shows it, in CSS px, and that text.
+
+    A figure's PNG is ``width x DPI`` px wide; the page shows it at that size, or scaled down to the
+    column's width when wider. Text drawn at s points is then s / 72 x DPI x min(1, column / width) px.
+    ``width_in``: the width of the image ``fig`` is shown in, when it is part of a wider one.
+    """
+    import matplotlib.text
+
+    width_in = max(width_in or 0.0, shown_width_in(fig))
+    scale = min(1.0, column_px / (width_in * DPI))
+    sizes = [(t.get_fontsize() / 72 * DPI * scale, t.get_text()) for t in fig.findobj(matplotlib.text.Text)
+             if t.get_visible() and t.get_text().strip() and _drawn(t)]
+    return min(sizes, default=(float("inf"), ""))
+
+
+def _drawn(t) -> bool:
+    """A tick label is drawn only when its tick is inside the axis' view."""
+    axis = getattr(t, "axes", None)
+    if axis is None:
+        return True
+    for ax_ in (axis.xaxis, axis.yaxis):
+        for tick in ax_.get_major_ticks() + ax_.get_minor_ticks():
+            if t in (tick.label1, tick.label2):
+                lo, hi = sorted(ax_.get_view_interval())
+                return tick.get_visible() and lo - 1e-9 * abs(hi - lo) <= tick.get_loc() <= hi + 1e-9 * abs(hi - lo)
+    return True
+
+
+def check_legible(fig, name: str = "figure", column_px: int = COLUMN_PX, width_in: float | None = None) -> None:
+    """Raise if some text of ``fig`` would be shown smaller than ``MIN_TEXT_PX`` on the page."""
+    px, text = smallest_text_px(fig, column_px, width_in)
+    if px < MIN_TEXT_PX:
+        raise ValueError(f"{name}: the text {text!r} would be {px:.1f} px on the page (at least {MIN_TEXT_PX} px): "
+                         f"draw the figure narrower than {column_px / DPI:.1f} in or its text larger")
+
+
+def figure_png(*figs, gap_px: int = 12) -> bytes:
+    """PNG bytes of ``figs`` one below the other (as the page would show each, at ``DPI``), each checked
+    with ``check_legible`` and then closed. Figures drawn in a loop (one per dataset) become one figure
+    of the page, with one number and one caption."""
+    import io
+
+    from PIL import Image
+
+    parts, widest = [], max((shown_width_in(f) for f in figs), default=0.0)
+    for i, fig in enumerate(figs):
+        check_legible(fig, f"part {i + 1} of {len(figs)} of the figure", width_in=widest)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=PAD_IN, facecolor="white")
+        plt.close(fig)
+        parts.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    if not parts:
+        raise ValueError("figure_png needs at least one figure")
+    out = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts) + gap_px * (len(parts) - 1)),
+                    "white")
+    y = 0
+    for p in parts:
+        out.paste(p, (0, y))
+        y += p.height + gap_px
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def chunks(items: Sequence, size: int) -> list[list]:
+    """``items`` in consecutive lists of ``size`` (the last may be shorter): panels to a row, layers to a block."""
+    items = list(items)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def text_figure(text: str):
+    """A small figure that says why the figure it stands in for is not drawn (keeps its number and caption)."""
+    fig = plt.figure(figsize=(6.0, 0.6))
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, wrap=True, color="0.3")
+    return fig
+
+
+def glue_figure(name: str, *figs, results: Iterable = (), param_set: str | None = None) -> None:
+    """Glue ``figs`` (stacked, ``figure_png``) under ``name`` for a ``{glue:figure}`` directive, whose
+    caption the chapter writes; with ``results``, also glue their provenance line under ``name + "_run"``
+    for the end of that caption."""
+    from IPython.display import Image
+    from myst_nb import glue
+
+    glue(name, Image(data=figure_png(*figs), format="png"), display=False)
+    if param_set is not None:
+        glue(name + "_run", md(provenance_caption(results, param_set)), display=False)
+
+
 def to_display(img: np.ndarray) -> np.ndarray:
     """[C, H, W] uint8 -> [H, W] (grey) or [H, W, 3] for imshow."""
     img = np.asarray(img)
@@ -85,52 +192,68 @@ def _show(ax, img, frame=None):
 
 
 def image_grid(columns: Sequence[tuple[str, np.ndarray]], groups: Sequence[tuple[str, int]] | None = None,
-               frames: Sequence[str | None] | None = None, cell: float = 0.72, title: str | None = None,
-               row_labels: Sequence[str] | None = None):
+               frames: Sequence[str | None] | None = None, cell: float = 0.52, title: str | None = None,
+               row_labels: Sequence[str] | None = None, max_width_px: int | None = None, lead: int = 0):
     """A grid of images: ``columns`` is a list of (column title, images [rows, C, H, W]).
 
     ``groups`` [(label, n_columns), ...] puts a label over consecutive columns, separated by a gap;
     ``frames`` gives a frame colour per column (None: no frame); ``row_labels`` name the rows on the left.
+    Groups that do not fit side by side in ``max_width_px`` (default: the text column, ``COLUMN_PX``) wrap
+    into bands, one below the other, each with its own column titles: the figure is then shown at its own
+    size and its text stays legible (``smallest_text_px``). A single group wider than that is kept whole.
+    The first ``lead`` groups (the inputs) start every band, so each band reads on its own.
     """
     n_rows = len(columns[0][1])
     groups = groups or [("", len(columns))]
     if sum(n for _, n in groups) != len(columns):
         raise ValueError("groups must cover every column")
     gap = 0.35  # width of the space between groups, in cells
-    widths = []
-    for gi, (_, n) in enumerate(groups):
-        widths += [1.0] * n
-        if gi < len(groups) - 1:
-            widths.append(gap)
-    top_in = 0.45 + (0.3 if title else 0.0)  # inches above the grid: column titles, group labels, title
-    height = cell * n_rows + top_in + 0.05
-    left_in = 0.75 if row_labels else 0.05
-    width = cell * sum(widths) + left_in + 0.05
+    left_in, right_in = (0.8 if row_labels else 0.05), 0.05
+    limit_in = (max_width_px or COLUMN_PX) / DPI
+    starts = np.cumsum([0] + [n for _, n in groups]).tolist()  # first column of each group
+    cells = lambda band: sum(groups[gi][1] for gi in band) + gap * (len(band) - 1)  # noqa: E731  (a band's width)
+    bands = [list(range(lead))]  # group indices per band
+    for gi in range(lead, len(groups)):
+        if len(bands[-1]) > lead and left_in + right_in + cell * cells(bands[-1] + [gi]) > limit_in:
+            bands.append(list(range(lead)))
+        bands[-1].append(gi)
+    width_cells = [cells(b) for b in bands]
+    label_in = 0.45 if any(groups[gi][0] for gi in range(len(groups))) else 0.25  # column titles (+ group labels)
+    title_in = 0.3 if title else 0.0
+    band_in = label_in + cell * n_rows
+    sep_in = 0.1  # between bands
+    height = title_in + len(bands) * band_in + (len(bands) - 1) * sep_in + 0.05
+    width = left_in + right_in + cell * max(width_cells)
     fig = plt.figure(figsize=(width, height))
-    grid_top = 1 - top_in / height
-    gs = fig.add_gridspec(n_rows, len(widths), width_ratios=widths, wspace=0.04, hspace=0.04,
-                          left=left_in / width, right=1 - 0.05 / width, top=grid_top, bottom=0.05 / height)
-    col = slot = 0
-    for label, n in groups:
-        first = last = None
-        for _ in range(n):
-            name, imgs = columns[col]
-            for r in range(n_rows):
-                ax = fig.add_subplot(gs[r, slot])
-                _show(ax, imgs[r], frames[col] if frames else None)
-                if slot == 0 and row_labels:
-                    ax.set_ylabel(row_labels[r], fontsize=8.5, rotation=0, ha="right", va="center", labelpad=4)
-                if r == 0:
-                    ax.set_title(name, fontsize=7, pad=2)
-                    first = first if first is not None else ax
-                    last = ax
-            col += 1
-            slot += 1
-        slot += 1  # the gap
-        if label and first is not None:
-            x0, x1 = first.get_position().x0, last.get_position().x1
-            fig.text((x0 + x1) / 2, grid_top + 0.22 / height, label, ha="center", va="bottom", fontsize=8.5,
-                     fontweight="bold")
+    for b, (band, w_cells) in enumerate(zip(bands, width_cells)):
+        widths = []
+        for i, gi in enumerate(band):
+            widths += [1.0] * groups[gi][1] + ([gap] if i < len(band) - 1 else [])
+        top = 1 - (title_in + b * (band_in + sep_in) + label_in) / height
+        bottom = top - cell * n_rows / height
+        gs = fig.add_gridspec(n_rows, len(widths), width_ratios=widths, wspace=0.04, hspace=0.04,
+                              left=left_in / width, right=(left_in + cell * w_cells) / width, top=top, bottom=bottom)
+        slot = 0
+        for gi in band:
+            label, n = groups[gi]
+            first = last = None
+            for col in range(starts[gi], starts[gi] + n):
+                name, imgs = columns[col]
+                for r in range(n_rows):
+                    ax = fig.add_subplot(gs[r, slot])
+                    _show(ax, imgs[r], frames[col] if frames else None)
+                    if slot == 0 and row_labels:
+                        ax.set_ylabel(row_labels[r], fontsize=9, rotation=0, ha="right", va="center", labelpad=4)
+                    if r == 0:
+                        ax.set_title(name, fontsize=8, pad=2)
+                        first = first if first is not None else ax
+                        last = ax
+                slot += 1
+            slot += 1  # the gap
+            if label and first is not None:
+                x0, x1 = first.get_position().x0, last.get_position().x1
+                fig.text((x0 + x1) / 2, top + 0.24 / height, label, ha="center", va="bottom", fontsize=9,
+                         fontweight="bold")
     if title:
         fig.text(0.5, 1 - 0.04 / height, title, ha="center", va="top", fontsize=10)
     return fig
@@ -223,14 +346,11 @@ class Claim:
 
 
 def claims_table(claims: Sequence[Claim]):
-    """Markdown: claim | paper | this run | verdict | criterion, and "why not" when a claim says why."""
-    claims = list(claims)
-    if any(c.why for c in claims):
-        rows = [(c.claim, c.paper, c.ours, c.label, c.criterion, c.why or "") for c in claims]
-        return md(markdown_table(["claim", "paper", "this run", "verdict", "criterion", "why not"], rows,
-                                 "lllcll"))
-    rows = [(c.claim, c.paper, c.ours, c.label, c.criterion) for c in claims]
-    return md(markdown_table(["claim", "paper", "this run", "verdict", "criterion"], rows, "lllcl"))
+    """Markdown, four columns for the page's full width: the claim with the test it was judged by under it,
+    the paper's value, this run's, and the verdict with its reason ("why not") under it when it has one."""
+    rows = [(f"{c.claim}<br><small>test: {c.criterion}</small>", c.paper, c.ours,
+             c.label + (f"<br><small>{c.why}</small>" if c.why else "")) for c in claims]
+    return md(markdown_table(["claim (and its test)", "paper", "this run", "verdict (and why not)"], rows, "llll"))
 
 
 def count_reproduced(claims: Iterable[Claim]) -> tuple[int, int]:
@@ -353,14 +473,11 @@ def provenance_table(results: Iterable, param_set: str):
     return md(head + markdown_table(header, rows, "ll" + "l" * len(varying) + "rl"))
 
 
-def caption(results: Iterable, param_set: str):
-    """The provenance line under a figure, as wrapped Markdown."""
-    return md(f"*{provenance_caption(results, param_set)}*")
-
-
 def provenance_caption(results: Iterable, param_set: str) -> str:
     """One line for under a figure: parameter set, commit(s), device(s)."""
     results = list(results)
+    if not results:
+        return f"Run: parameter set {param_set}; drawn from no stage result."
     commits = sorted({str(r.provenance.get("commit", "?"))[:10] + (" (dirty)" if r.provenance.get("dirty") else "")
                       for r in results})
     devices = sorted({r.provenance.get("device", "?") for r in results})

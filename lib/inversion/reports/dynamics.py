@@ -8,6 +8,8 @@ difficulty cancels and the standard errors are those of the differences.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,8 +18,8 @@ import numpy as np
 
 from inversion import paper
 from inversion.bounds import difference_noise, paired_difference
-from inversion.reports.common import REGIME_COLOURS, Claim, Difference, Estimate, SeedSpread, decide, layer_label, \
-    regime_label, undecided_why
+from inversion.reports.common import FIGURE_WIDTH_IN, REGIME_COLOURS, Claim, Difference, Estimate, SeedSpread, decide, \
+    layer_label, regime_label, undecided_why
 
 
 @dataclass(frozen=True)
@@ -76,31 +78,38 @@ def _x(steps) -> np.ndarray:
 
 def figure5b(s: DynamicsSummary):
     """Fig. 5b: one panel per layer, NCE (± 2 s.e.) against classifier updates for each regime; a last panel
-    with the classifiers' test (solid) and training (dashed) accuracy."""
+    with the classifiers' test (solid) and training (dashed) accuracy. Three panels to a row (the text
+    column's width)."""
     layers, steps = s.layers, s.steps
     x = _x(steps)
     n = len(layers) + 1
-    fig, axes = plt.subplots(1, n, figsize=(3.1 * n, 3.2))
+    columns = min(3, n)
+    rows = math.ceil(n / columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH_IN, 2.35 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
     for ax, l in zip(axes, layers):
         for g in s.regimes:
             v = np.array([(s.nce[g][l][t].value, s.nce[g][l][t].stderr) for t in steps])
-            ax.errorbar(x, v[:, 0], yerr=2 * v[:, 1], marker="o", capsize=3, color=REGIME_COLOURS.get(g),
-                        label=regime_label(g))
-        ax.set_title(f"{layer_label(l)}: NCE [nats]", fontsize=9.5)
-    ax = axes[-1]
+            ax.errorbar(x, v[:, 0], yerr=2 * v[:, 1], marker="o", ms=4, capsize=2, color=REGIME_COLOURS.get(g),
+                        label=regime_label(g).split(" (")[0])
+        ax.set_title(f"{layer_label(l)}: NCE [nats]", fontsize=9)
+    ax = axes[n - 1]
     for g in s.regimes:
         a = np.array([(s.accuracy[g][t].test, s.accuracy[g][t].train) for t in steps])
-        ax.plot(x, 100 * a[:, 0], marker="o", color=REGIME_COLOURS.get(g), label=f"{g}: test")
-        ax.plot(x, 100 * a[:, 1], marker=".", ls="--", color=REGIME_COLOURS.get(g), label=f"{g}: train")
-    ax.set_title("classifier accuracy [%]", fontsize=9.5)
-    ax.legend(fontsize=7)
+        ax.plot(x, 100 * a[:, 0], marker="o", ms=4, color=REGIME_COLOURS.get(g), label="test")
+        ax.plot(x, 100 * a[:, 1], marker=".", ls="--", color=REGIME_COLOURS.get(g), label="train")
+    ax.set_title("classifier accuracy [%]", fontsize=9)
     axes[0].legend(fontsize=7)
-    for ax in axes:
+    for ax in axes[:n]:
         ax.set_xscale("log")
-        ax.set_xticks(x, [str(t) for t in steps], fontsize=7.5)
+        ax.set_xticks(x, [str(t) for t in steps], fontsize=7, rotation=45)
         ax.minorticks_off()
-        ax.set_xlabel("classifier updates", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
         ax.grid(alpha=0.3)
+    for ax in axes[max(0, n - columns):n]:
+        ax.set_xlabel("classifier updates", fontsize=8)
     fig.tight_layout()
     return fig
 

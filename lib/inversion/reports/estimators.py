@@ -19,7 +19,7 @@ import numpy as np
 
 from inversion import paper
 from inversion.bounds import difference_noise
-from inversion.reports.common import REGIME_COLOURS, Claim, Estimate, layer_label, markdown_table, md
+from inversion.reports.common import FIGURE_WIDTH_IN, REGIME_COLOURS, Claim, Estimate, layer_label, markdown_table, md
 from inversion.reports.dynamics import seed_spread
 
 SATURATION_TOLERANCE = 0.01  # "at log N": within 1 % of log N
@@ -165,9 +165,10 @@ def _step_axis(ax, steps):
     ax.minorticks_off()
 
 
-def dynamics_figure(s: EstimatorSummary):
-    """Each estimator (rows) at each layer (columns) over the classifier's training, both regimes, with
-    log N (or H(Y)) as the reference line; the last row is the NCE of the dynamics chapter (± 2 s.e.)."""
+def dynamics_figure(s: EstimatorSummary, layers: Sequence[str] | None = None):
+    """Each estimator (rows) at each of ``layers`` (columns; default all: at most two fit the text column,
+    so chapters draw the layers in pairs) over the classifier's training, both regimes, with log N (or
+    H(Y)) as the reference line; the last row is the NCE of the dynamics chapter (± 2 s.e.)."""
     rows = [
         ("binning_xt", f"binning I(X;T)\n{s.n_bins} bins", "logN"),
         ("kde", f"KDE bounds on\nI(X;T+ε), σ²={s.noise_var:g}", "logN"),
@@ -176,8 +177,8 @@ def dynamics_figure(s: EstimatorSummary):
         ("binning_ty", f"binning I(T;Y)\n{s.n_bins} bins", "HY"),
         ("nce", "NCE [nats/image]\n(inversion model)", None),
     ]
-    layers, steps = s.layers, s.steps
-    fig, axes = plt.subplots(len(rows), len(layers), figsize=(2.7 * len(layers) + 0.8, 1.75 * len(rows) + 0.6),
+    layers, steps = list(layers or s.layers), s.steps
+    fig, axes = plt.subplots(len(rows), len(layers), figsize=(FIGURE_WIDTH_IN * len(layers) / 2, 1.75 * len(rows) + 0.6),
                              squeeze=False)
     for j, l in enumerate(layers):
         axes[0, j].set_title(f"{layer_label(l)} (D = {int(s.estimates[s.regimes[0]][l]['dims'][0])})", fontsize=9.5)
@@ -218,10 +219,18 @@ def dynamics_figure(s: EstimatorSummary):
                 ax.set_ylabel(label, fontsize=8)
         axes[-1, j].set_xlabel("classifier training step", fontsize=8)
     axes[0, 0].legend(fontsize=7, loc="lower right")
-    fig.text(0.5, 0.003, f"dashed: log N = {s.log_n:.3f} nats (N = {s.n} test images); dotted: H(Y) of their "
-             "labels; NCE error bars ± 2 standard errors", ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.tight_layout()
     return fig
+
+
+def _panels(n: int, row_height: float, columns: int = 2):
+    """One panel per layer, ``columns`` to a row (the width of the text column): (figure, axes [rows, columns]);
+    panels beyond ``n`` are switched off."""
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH_IN, row_height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
 
 
 def _nce_twin(ax, l, s):
@@ -234,7 +243,7 @@ def _nce_twin(ax, l, s):
     tw.axhline(nats, color="0.35", lw=1.2, label="NCE (no such knob)")
     half = max(12 * se, 1e-6)
     tw.set_ylim(nats - half, nats + half)
-    tw.tick_params(labelsize=6.5, colors="0.35")
+    tw.tick_params(labelsize=7, colors="0.35")
     tw.set_ylabel("NCE [nats/image]", fontsize=7, color="0.35")
     return tw
 
@@ -250,8 +259,8 @@ def _symlog_from_zero(ax, log_n, *values):
 def bins_figure(s: EstimatorSummary):
     """Binning I(X;T) and I(T;Y) of each layer against the bin count, at the swept checkpoint."""
     layers = list(s.sweep)
-    fig, axes = plt.subplots(1, len(layers), figsize=(2.9 * len(layers) + 0.6, 3.0), squeeze=False)
-    for ax, l in zip(axes[0], layers):
+    fig, axes = _panels(len(layers), 2.9)
+    for ax, l in zip(axes.flat, layers):
         z = s.sweep[l]
         ax.plot(z["bins"], z["binning_xt_by_bins"], marker="o", ms=3.5, color="C0", label="I(X;T)")
         ax.plot(z["bins"], z["binning_ty_by_bins"], marker="s", ms=3.5, color="C2", label="I(T;Y)")
@@ -265,9 +274,10 @@ def bins_figure(s: EstimatorSummary):
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         tw = _nce_twin(ax, l, s)
-        if tw is not None and ax is axes[0, -1]:
-            tw.legend(fontsize=6.5, loc="center right")
-    axes[0, 0].set_ylabel("nats", fontsize=8)
+        if tw is not None and ax is axes.flat[len(layers) - 1]:
+            tw.legend(fontsize=7, loc="center right")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("nats", fontsize=8)
     axes[0, 0].legend(fontsize=7, loc="center right")  # between the I(X;T) and I(T;Y) curves
     fig.tight_layout()
     return fig
@@ -277,8 +287,8 @@ def noise_figure(s: EstimatorSummary):
     """The KDE bounds and Kraskov's I(X;T+ε) of each layer against the noise variance σ² (symlog y: the
     Kraskov values of wide layers are orders of magnitude above log N)."""
     layers = list(s.sweep)
-    fig, axes = plt.subplots(1, len(layers), figsize=(2.9 * len(layers) + 0.6, 3.2), squeeze=False)
-    for ax, l in zip(axes[0], layers):
+    fig, axes = _panels(len(layers), 3.1)
+    for ax, l in zip(axes.flat, layers):
         z = s.sweep[l]
         v = z["noise_vars"]
         ax.fill_between(v, z["kde_lower_by_var"], z["kde_upper_by_var"], color="C0", alpha=0.3, lw=0)
@@ -294,18 +304,19 @@ def noise_figure(s: EstimatorSummary):
         ax.set_xlabel("noise variance σ²", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("estimate of I(X;T+ε) [nats]", fontsize=8)
-    axes[0, 0].legend(fontsize=6.5, loc="upper right")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("estimate of I(X;T+ε) [nats]", fontsize=8)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
 
 
-def size_figure(s: EstimatorSummary):
-    """Top: every estimator of each layer against N, the number of test images (log N dashed). Bottom: the
-    NCE of the same layer and checkpoint on the first N of its test images (± 2 s.e.), its full-set value
-    as a flat line."""
-    layers = list(s.sweep)
-    fig, axes = plt.subplots(2, len(layers), figsize=(2.9 * len(layers) + 0.6, 5.6), squeeze=False,
+def size_figure(s: EstimatorSummary, layers: Sequence[str] | None = None):
+    """Top: every estimator of each of ``layers`` (default: all swept; chapters draw them in pairs) against
+    N, the number of test images (log N dashed). Bottom: the NCE of the same layer and checkpoint on the
+    first N of its test images (± 2 s.e.), its full-set value as a flat line."""
+    layers = list(layers or s.sweep)
+    fig, axes = plt.subplots(2, len(layers), figsize=(FIGURE_WIDTH_IN * len(layers) / 2, 5.6), squeeze=False,
                              gridspec_kw={"height_ratios": [1.3, 1]})
     all_sizes = [*s.sweep[layers[0]]["sizes"]] + [n for v in s.nce_sweep.values() for n in v.sizes]
     xlim = (min(all_sizes) / 1.3, max(all_sizes) * 1.3)
@@ -346,10 +357,10 @@ def size_figure(s: EstimatorSummary):
         bx.grid(alpha=0.3)
     axes[0, 0].set_ylabel("estimate [nats]", fontsize=8)
     axes[1, 0].set_ylabel("NCE [nats/image]", fontsize=8)
-    axes[0, 0].legend(fontsize=6.5, loc="upper left")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
     with_nce = [j for j, l in enumerate(layers) if l in s.nce_sweep]
     if with_nce:
-        axes[1, with_nce[0]].legend(fontsize=6.5, loc="lower right")
+        axes[1, with_nce[0]].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 

@@ -243,7 +243,7 @@ def samples_figure(inputs: np.ndarray, per_family: Mapping[str, np.ndarray], n_s
         k = min(n_samples, smp.shape[1])
         columns += [(f"{j + 1}", smp[:, j]) for j in range(k)]
         groups.append((family_label(f), k))
-    return image_grid(columns, groups, title=title, row_labels=[f"image {i + 1}" for i in range(len(inputs))])
+    return image_grid(columns, groups, title=title, row_labels=[f"image {i + 1}" for i in range(len(inputs))], lead=1)
 
 
 def swap_figure(inputs: np.ndarray, swap: np.ndarray, title: str | None = None):

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from inversion import paper
-from inversion.reports.common import Claim, Difference, Estimate, dataset_label, decide, image_grid, layer_label, \
-    undecided_why
+from inversion.reports.common import FIGURE_WIDTH_IN, Claim, Difference, Estimate, dataset_label, decide, image_grid, \
+    layer_label, undecided_why
 
 
 def figure1(inputs: np.ndarray, layers: Mapping[str, tuple[np.ndarray, np.ndarray]], n_samples: int = 3,
@@ -48,40 +48,45 @@ def figure2(inputs: np.ndarray, top_samples: np.ndarray, neighbours: np.ndarray,
     drawn = f" of {n_drawn}" if n_drawn else ""
     groups = [("", 1), (f"top-{k}{drawn} samples ({layer_label(layer)} L1)", k),
               (f"{k} nearest training images ({layer_label(layer)} L1)", k)]
-    return image_grid(columns, groups, title=title)
+    return image_grid(columns, groups, title=title, lead=1)
 
 
 def nce_plot(summaries: Mapping[str, LayerSummary]):
-    """Fig. 5a: NCE per layer (nats, ± 2 standard errors): absolute, one panel per dataset (their scales
-    differ by 1000s of nats), and relative to |NCE(CONV1)| (paired standard errors, delta method) for all
-    datasets together, as in the paper. ``summaries`` maps dataset -> its ``LayerSummary``.
+    """Fig. 5a, and what it is judged on. Left: the NCE per layer relative to |NCE(CONV1)|, one line per
+    dataset, as in the paper (± 2 paired standard errors, delta method). Right: the paired differences
+    between consecutive layers in nats (same test images, so per-image difficulty cancels), ± 2 standard
+    errors: a bar clear of zero is a change the run resolves, however close the two NCEs look on the left.
+    ``summaries`` maps dataset -> its ``LayerSummary``.
     """
-    n = len(summaries)
-    fig = plt.figure(figsize=(max(9.5, 3.2 * n), 6.4))
-    gs = fig.add_gridspec(2, n, height_ratios=[1, 1.15], hspace=0.45, wspace=0.35)
+    fig, (rel_ax, step_ax) = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN, 3.3), gridspec_kw=dict(width_ratios=[1, 1.1]))
     markers = "osD^v"
-    rel_ax = fig.add_subplot(gs[1, :])
+    n = len(summaries)
     for i, (ds, s) in enumerate(summaries.items()):
-        names = list(s.layers)
-        x = np.arange(len(names))
-        nats = np.array([s.nce[l].value for l in names])
-        err = np.array([s.nce[l].stderr for l in names])
-        ax = fig.add_subplot(gs[0, i])
-        ax.errorbar(x, nats, yerr=2 * err, marker=markers[i % 5], color=f"C{i}", capsize=3)
-        ax.set_title(f"{dataset_label(ds)}: NCE [nats/image]", fontsize=9.5)
-        ax.set_xticks(x, [layer_label(l) for l in names], fontsize=8)
-        ax.grid(alpha=0.3)
-        ref = abs(nats[0])
-        rel_err = np.array([s.relative[l].stderr for l in names])
-        rel_ax.errorbar(x, nats / ref, yerr=2 * rel_err, marker=markers[i % 5], color=f"C{i}", capsize=3,
+        x = np.arange(len(s.layers))
+        rel = np.array([s.relative[l].value for l in s.layers])
+        rel_err = np.array([s.relative[l].stderr for l in s.layers])
+        rel_ax.errorbar(x, rel, yerr=2 * rel_err, marker=markers[i % 5], color=f"C{i}", capsize=3,
                         label=dataset_label(ds))
-    rel_ax.set_xticks(np.arange(len(names)), [layer_label(l) for l in names])
-    rel_ax.set_ylabel("NCE / |NCE(CONV1)|")
-    rel_ax.set_title("relative to the CONV1 cross-entropy, as in the paper's Fig. 5a", fontsize=10)
+        offset = (i - (n - 1) / 2) * 0.18  # side by side when several datasets share a step
+        xs = np.arange(len(s.steps)) + offset
+        step_ax.errorbar(xs, [t.diff for t in s.steps], yerr=[2 * t.stderr for t in s.steps], fmt=markers[i % 5],
+                         color=f"C{i}", capsize=3, label=dataset_label(ds))
+    first = next(iter(summaries.values()))
+    rel_ax.set_xticks(np.arange(len(first.layers)), [layer_label(l) for l in first.layers], fontsize=8)
+    rel_ax.set_ylabel("NCE / |NCE(CONV1)|", fontsize=9)
+    rel_ax.set_title("NCE per layer (paper's Fig. 5a)", fontsize=9.5)
+    rel_ax.tick_params(axis="y", labelsize=8)
     rel_ax.grid(alpha=0.3)
-    rel_ax.legend(fontsize=8)
-    fig.text(0.5, 0.005, "error bars: ± 2 standard errors over test images (relative: paired, delta method)",
-             ha="center", fontsize=8)
+    step_ax.axhline(0, color="0.3", lw=0.8)
+    step_ax.set_xticks(np.arange(len(first.steps)),
+                       [f"{layer_label(t.shallower)}\n→ {layer_label(t.deeper)}" for t in first.steps], fontsize=8)
+    step_ax.set_ylabel("paired NCE change [nats/image]", fontsize=9)
+    step_ax.set_title("change to the next layer", fontsize=9.5)
+    step_ax.tick_params(axis="y", labelsize=8)
+    step_ax.grid(alpha=0.3)
+    if n > 1:
+        rel_ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 

@@ -8,9 +8,11 @@ the same widget work in live Jupyter and, from the widget state saved by the run
 
     scrubber({"mnist": {"inputs": uint8 [n, C, H, W],
                         "layers": {"conv1": {"samples": uint8 [n, K, C, H, W], "recon": uint8 [n, C, H, W],
-                                             # optional, per sample [n, K]: the classifier gives it the input's
-                                             # class; pixel L1 to the input (0-1); L1 per unit to h (IM-S)
-                                             "agree": bool, "pixel_l1": float, "dist": float}, ...},
+                                             # optional, per sample [n, K]: the classifier's class for it; is
+                                             # that the input's class; pixel L1 to the input (0-1); L1 per
+                                             # unit to h (IM-S)
+                                             "pred": int, "agree": bool, "pixel_l1": float, "dist": float},
+                                   ...},
                         "labels": ["7", "2", ...]}})
 
 Samples are numbered from 1 as in the figures: every sample Stack has an empty child 0, so the slider's
@@ -28,7 +30,7 @@ import numpy as np
 from inversion.reports.common import dataset_label, layer_label
 
 SCRUBBER_CLASS = "inversion-scrubber"
-STAT_KEYS = ("agree", "pixel_l1", "dist")  # a panel layer's optional per-sample statistics (the samples files')
+STAT_KEYS = ("pred", "agree", "pixel_l1", "dist")  # a panel layer's optional per-sample statistics (the samples files')
 
 
 def png(image: np.ndarray, scale: int = 4) -> bytes:
@@ -55,7 +57,7 @@ def _stack(children):
     return w.Stack(children=list(children), selected_index=0)
 
 
-STATS_TOOLTIP = ("class: does the classifier give this sample the input's class; px: mean pixel |sample - input| "
+STATS_TOOLTIP = ("class: the classifier's class for this sample, ✓ when it is the input's class; px: mean pixel |sample - input| "
                  "(0-1); h: mean L1 per unit between the sample's representation and the input's (Table 1's IM-S)")
 
 
@@ -63,7 +65,8 @@ def _caption(j: int, layer: Mapping, i: int) -> str:
     """The filmstrip caption of sample j (0-based) of image i: its number and, when given, its statistics."""
     lines = [f"<b>{j + 1}</b>"]
     if "agree" in layer:
-        lines.append("class ✓" if bool(layer["agree"][i][j]) else "class ✗")
+        cls = f"class {int(layer['pred'][i][j])}" if "pred" in layer else "class"
+        lines.append(f"{cls} ✓" if bool(layer["agree"][i][j]) else f"{cls} ✗")
     if "pixel_l1" in layer and "dist" in layer:
         lines.append(f"px {float(layer['pixel_l1'][i][j]):.2f} · h {float(layer['dist'][i][j]):.2g}")
     return (f'<div class="scrub-caption" title="{STATS_TOOLTIP}" style="text-align:center;font-size:11px;'
