@@ -382,6 +382,7 @@ def test_snapshot_is_the_classifier_after_exactly_that_many_updates(tmp_path):
     ({"estimators": {"sweep": {"sizes": [2, 100000]}}}, r"sweep sizes must be integers in \(k, n_test\]"),
     ({"estimators": {"k": 0}}, r"k \(neighbours"),
     ({"device": "gpu"}, r"device: 'gpu' is not one of auto, cpu, cuda"),
+    ({"scope": ["a", "list"]}, r"^override: scope: expected a string, got \['a', 'list'\]"),
 ])
 def test_bad_overrides_are_errors_that_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -449,3 +450,9 @@ def test_the_old_command_name_is_an_alias(tmp_path):
     assert out.returncode == 0 and "0/1 stages cached" in out.stdout, out.stderr
     out = _cli("stages")
     assert out.returncode == 0 and "inversion (v1) <- classifier" in out.stdout and "layer=<required>" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_every_shipped_set_says_what_it_can_test(name):
+    scope = pipeline.load_params(name).scope
+    assert len(scope.split()) >= 20 and "\n" not in scope  # one paragraph: the introduction opens with it

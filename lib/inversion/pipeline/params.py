@@ -30,7 +30,7 @@ from inversion.pipeline.schema import ConfigError, closest, validate
 
 REPO = Path(__file__).resolve().parents[3]
 PARAMS_DIR = REPO / "params"
-TOP_LEVEL = ("name", "device")
+TOP_LEVEL = ("name", "device", "scope")  # scope: one paragraph, what this set can and cannot test
 
 __all__ = ["Params", "ConfigError", "load_params", "deep_merge", "known_sets", "PARAMS_DIR", "REPO"]
 
@@ -98,6 +98,11 @@ class Params:
         return self._sections[key]
 
     @property
+    def scope(self) -> str:
+        """What the set can and cannot test, as its file says (the book's introduction opens with it)."""
+        return str(self.data.get("scope", "")).strip()
+
+    @property
     def device(self) -> str:
         d = self.data.get("device", "auto")
         return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
@@ -131,8 +136,9 @@ def _check(data: Mapping, schema: Mapping[str, type], origin: str) -> None:
         k = unknown[0]
         raise ConfigError(f"{origin}: {k}: unknown section or key {k!r}{closest(k, [*schema, *TOP_LEVEL])}; "
                           f"valid: {', '.join([*TOP_LEVEL, *schema])}")
-    if not isinstance(data.get("name", ""), str):
-        raise ConfigError(f"{origin}: name: expected a string, got {data['name']!r}")
+    for key in ("name", "scope"):
+        if not isinstance(data.get(key, ""), str):
+            raise ConfigError(f"{origin}: {key}: expected a string, got {data[key]!r}")
     if data.get("device", "auto") not in ("auto", "cpu", "cuda") and not str(data.get("device")).startswith("cuda:"):
         raise ConfigError(f"{origin}: device: {data['device']!r} is not one of auto, cpu, cuda, cuda:N")
     for name, cls in schema.items():
