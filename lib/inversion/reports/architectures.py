@@ -179,7 +179,7 @@ def _geometry_claims(s: ArchitectureSummary) -> list[Claim]:
         lost = k.ratio >= DISCARDED and not k.kept
         out.append(Claim(
             claim="global pooling: FC3 samples do not keep the digit's position (Fig. 4)", paper="yes (by eye)",
-            ours=f"position ratio {k.ratio:.2f} ({k.diff:+.2f} ± {k.diff_stderr:.2f} px)",
+            ours=_kept_text("position", k, " px"),
             reproduced=lost if k.kept or lost else None, discriminates=bool(controls_keep) or not controls,
             criterion=f"centroid error to own input / to other same-class inputs ≥ {DISCARDED}, and not "
                       "significantly closer to the own input (2 s.e.); a test only where a network without global "
@@ -194,7 +194,7 @@ def _geometry_claims(s: ArchitectureSummary) -> list[Claim]:
             ok = closer(k)
             out.append(Claim(
                 claim=f"global pooling: FC3 samples keep the digit's {what}", paper="yes (by eye)",
-                ours=f"{p} ratio {k.ratio:.2f} ({k.diff:+.2f} ± {k.diff_stderr:.2f})", reproduced=ok,
+                ours=_kept_text(p, k), reproduced=ok,
                 criterion=f"samples closer in {p} to their own input than to other same-class inputs, by more than "
                           "2 standard errors (farther by 2: contradicted)",
                 why={True: None, None: undecided_why(Difference(k.diff, k.diff_stderr), "", 2),
@@ -202,7 +202,7 @@ def _geometry_claims(s: ArchitectureSummary) -> list[Claim]:
         km, ks = s.kept_mse["conv_gmp"]["orientation"], kept["conv_gmp"]["orientation"]
         out.append(Claim(
             claim="global pooling: the MSE reconstruction does not show the rotation that the samples keep",
-            paper="yes (by eye)", ours=f"orientation ratio: samples {ks.ratio:.2f}, MSE reconstruction {km.ratio:.2f}",
+            paper="yes (by eye)", ours=f"orientation ratio: samples {fmt(ks.ratio, '.2f')}, MSE reconstruction {fmt(km.ratio, '.2f')}",
             reproduced=bool(ks.kept and not km.kept), discriminates=ks.kept,
             criterion="orientation kept by the samples (2 s.e.) but not by the MSE reconstruction; a test only "
                       "where the samples keep it",
@@ -214,13 +214,13 @@ def _geometry_claims(s: ArchitectureSummary) -> list[Claim]:
         ok = True if (k.kept and k.ratio < DISCARDED) else False if closer(k) is False else None
         out.append(Claim(
             claim=f"{arch_label(a)}: FC3 samples keep the digit's position", paper="yes (by eye)",
-            ours=f"position ratio {k.ratio:.2f} ({k.diff:+.2f} ± {k.diff_stderr:.2f} px)", reproduced=ok,
+            ours=_kept_text("position", k, " px"), reproduced=ok,
             criterion=f"closer to the own input's centroid by more than 2 s.e., and ratio < {DISCARDED} (farther by "
                       "2 s.e.: contradicted)",
             why={True: None, False: "the samples are farther from their own input's position than from others'",
-                 None: (f"closer to the own input's position, but the ratio {k.ratio:.2f} is ≥ {DISCARDED}: only "
+                 None: (f"closer to the own input's position, but the ratio {fmt(k.ratio, '.2f')} is ≥ {DISCARDED}: only "
                         "partly kept" if k.kept else
-                        f"not significantly closer to the own input's position (ratio {k.ratio:.2f}): samples that "
+                        f"not significantly closer to the own input's position (ratio {fmt(k.ratio, '.2f')}): samples that "
                         "do not resemble digits carry no position to compare")}[ok]))
     if {"conv_gmp", "conv", "fc"} <= set(archs):
         mse = s.mse
@@ -231,6 +231,14 @@ def _geometry_claims(s: ArchitectureSummary) -> list[Claim]:
             reproduced=blurriest, criterion="the conv + global max pool decoder has the highest test MSE",
             why=None if blurriest else "another network's decoder has a higher test MSE"))
     return out
+
+
+def _kept_text(prop: str, k, unit: str = "") -> str:
+    """"position ratio 0.97 (+0.12 ± 0.30 px)", or why there is no ratio: no sample with ink to measure, or no
+    other test image of the same class to compare with."""
+    if not np.isfinite(k.ratio):
+        return f"{prop} ratio not measurable (no sample ink to measure, or no same-class image to compare)"
+    return f"{prop} ratio {k.ratio:.2f} ({k.diff:+.2f} ± {fmt(k.diff_stderr, '.2f')}{unit})"
 
 
 def architecture_claims(s: ArchitectureSummary) -> list[Claim]:
