@@ -456,3 +456,62 @@ def test_the_old_command_name_is_an_alias(tmp_path):
 def test_every_shipped_set_says_what_it_can_test(name):
     scope = pipeline.load_params(name).scope
     assert len(scope.split()) >= 20 and "\n" not in scope  # one paragraph: the introduction opens with it
+
+
+# ---- warm start: inversion models started from the dataset's unconditional PixelCNN++ ---------------------
+
+
+def test_warm_start_plans_share_one_unconditional_model_and_leave_from_scratch_keys_alone():
+    from inversion.pipeline.layers import UNCONDITIONAL_NCE, WARM_INVERSION, unconditional_nce_ref
+
+    cold = plans.plan(pipeline.load_params("smoke"), ["layers", "architectures", "dynamics"])
+    warm_p = pipeline.load_params("smoke", {"layers": {"inversion": {"warm_start_steps": 7}},
+                                            "dynamics": {"inversion": {"warm_start_steps": 7}}})
+    warm = plans.plan(warm_p, ["layers", "architectures", "dynamics"])
+    lay_cold, lay_warm = cold["layers"]["mnist"]["layers"], warm["layers"]["mnist"]["layers"]
+    priors = set()
+    for layer in lay_warm:
+        inv_c, inv_w = lay_cold[layer]["inversion"], lay_warm[layer]["inversion"]
+        assert inv_c.stage is INVERSION and "warm_start_steps" not in inv_c.config
+        assert inv_w.stage is WARM_INVERSION and inv_w.config == inv_c.config  # the same model, another start
+        prior = inv_w.deps["unconditional"]
+        assert prior.config["steps"] == 7 and prior.config["seed"] == 0 and prior.config["dataset"] == "mnist"
+        priors.add(prior.key)
+    assert len(priors) == 1, "one unconditional model per dataset and settings"
+    # architectures were not asked to warm start: their keys are those of the cold plan
+    assert {a: r["nce"].key for a, r in warm["architectures"].items()} == \
+           {a: r["nce"].key for a, r in cold["architectures"].items()}
+    # §5.3 replicates keep the warm start and its unconditional model; only the seed differs
+    dyn = warm["dynamics"]
+    for layer, reps in dyn["replicates"].items():
+        main = dyn["regimes"]["regular"]["inversion"][layer][dyn["steps"][-1]]
+        for seed, nce in reps.items():
+            inv = nce.deps["inversion"]
+            assert inv.stage is WARM_INVERSION and inv.deps["unconditional"].key == main.deps["unconditional"].key
+            assert {**inv.config, "seed": main.config["seed"]} == main.config
+    S = warm_p.section("layers", "mnist")
+    u = unconditional_nce_ref(S.inversion, "mnist", 32)
+    assert u.stage is UNCONDITIONAL_NCE and u.deps["unconditional"].key in priors
+    assert unconditional_nce_ref(pipeline.load_params("smoke").section("layers", "mnist").inversion, "mnist", 32) is None
+    with pytest.raises(ConfigError, match="warm_start_steps"):
+        pipeline.load_params("smoke", {"layers": {"inversion": {"warm_start_steps": -1}}}).section("layers", "mnist")
+
+
+def test_a_warm_started_model_is_the_unconditional_one_until_it_trains(tmp_path):
+    from inversion.pipeline.layers import InversionSettings, inversion_ref, unconditional_nce_ref
+
+    cache = Cache(Params("unit", {}), root=tmp_path, device="cpu", log=lambda m: None)
+    clf = ref(CLASSIFIER, {"dataset": "mnist", "steps": 3, "patience": 0, "n_train": 128})
+    settings = dict(n_filters=4, n_resnet=1, n_resolutions=2, batch_size=8, n_train=64, dropout=0.0,
+                    warm_start_steps=3)
+    u_nce = cache.result(unconditional_nce_ref(InversionSettings(**settings, steps=0), "mnist", 16))
+    u_lp = u_nce.arrays("log_probs.npy")["array"]
+    for steps in (0, 2):
+        inv = inversion_ref(InversionSettings(**settings, steps=steps), "fc3", clf, "mnist")
+        lp = cache.result(ref(NCE, {"n_test": 16}, classifier=clf, inversion=inv)).arrays("log_probs.npy")["array"]
+        if steps == 0:
+            np.testing.assert_array_equal(lp, u_lp)  # exactly p(x): the conditioning starts at zero
+        else:
+            assert np.isfinite(lp).all() and not np.array_equal(lp, u_lp)
+    res = cache.result(inv)
+    assert res.stage == "warm_inversion" and res.metrics["steps"] == 2

@@ -479,3 +479,24 @@ def test_edge_bins_are_exact_in_float64_where_softplus_takes_its_linear_shortcut
         assert abs(edge) > 20
         exact = float(-mpmath.log1p(mpmath.exp(-mpmath.mpf(edge))))
         assert abs(lp[i].item() - exact) <= 1e-15 * abs(exact), (i, lp[i].item() - exact)
+
+
+@pytest.mark.parametrize("likelihood", ["softmax", "logistic_mixture"])
+@pytest.mark.parametrize("context_shape", [(5,), (3, 4, 4)])
+def test_start_from_is_exactly_the_unconditional_model_and_then_learns_h(likelihood, context_shape):
+    torch.manual_seed(0)
+    kw = dict(n_filters=8, n_resnet=1, n_resolutions=2, likelihood=likelihood, n_mixtures=2, dropout=0.0)
+    u = PixelCNNpp((3, 6, 6), None, **kw).double()
+    x = torch.randint(0, 256, (4, 3, 6, 6))
+    u.data_init(x)
+    c = PixelCNNpp((3, 6, 6), context_shape, **kw).double().start_from(u)
+    h = 5 * torch.randn(4, *context_shape, dtype=torch.float64)
+    assert torch.equal(c.log_prob(x, h), u.log_prob(x))  # every h: the conditioning starts at exactly zero
+    # ... and is trainable: the gains get a gradient, so h can enter
+    c.log_prob(x, h).sum().backward()
+    gains = [m.context.g.grad for m in c.modules() if getattr(m, "context", None) is not None]
+    assert gains and all(g is not None for g in gains) and any(g.abs().sum() > 0 for g in gains)
+    with pytest.raises(ValueError, match="same architecture"):
+        PixelCNNpp((3, 6, 6), context_shape, **{**kw, "n_filters": 4}).start_from(u)
+    with pytest.raises(ValueError, match="unconditional model"):
+        PixelCNNpp((3, 6, 6), context_shape, **kw).start_from(c)

@@ -16,10 +16,12 @@ __all__ = ["fit_density"]
 
 
 def fit_density(model, images, contexts, workdir, loop: TrainConfig, *, valid=None, device=None,
-                desc: str = "density") -> TrainResult:
+                desc: str = "density", data_init: bool = True) -> TrainResult:
     """Train ``model`` (with ``log_prob(x, h)`` and ``data_init(x, h)``) on (image, context) pairs (``contexts``
     None for an unconditional model) with ``loop``; ``valid=(images, contexts)`` adds the validation score
-    (used when ``loop.eval_every`` > 0) and ends with the best weights. Resumable (``inversion.training.fit``)."""
+    (used when ``loop.eval_every`` > 0) and ends with the best weights. Resumable (``inversion.training.fit``).
+    ``data_init=False`` keeps the weights the model starts with (a warm start) instead of initialising its
+    layers from the first batch."""
     conditional = contexts is not None
     data = [images, contexts] if conditional else [images]
 
@@ -36,5 +38,5 @@ def fit_density(model, images, contexts, workdir, loop: TrainConfig, *, valid=No
             lp = per_image_log_prob(m, valid[0], valid[1], batch_size=max(loop.batch_size, 64), progress=False)
             return {"score": lp.mean().item(), "valid_nats": lp.mean().item()}
 
-    return fit(model, loss_fn, data, loop, workdir, eval_fn=eval_fn, on_start=on_start, device=device, desc=desc,
-               restore_best=True)
+    return fit(model, loss_fn, data, loop, workdir, eval_fn=eval_fn, on_start=on_start if data_init else None,
+               device=device, desc=desc, restore_best=True)

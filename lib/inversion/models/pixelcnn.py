@@ -493,6 +493,35 @@ class PixelCNNpp(nn.Module):
         return self.walk(EAGER, x, context)
 
     @torch.no_grad()
+    def start_from(self, unconditional: "PixelCNNpp") -> "PixelCNNpp":
+        """Warm start (issue: training only what h adds): copy every weight of ``unconditional``, a model of
+        the same architecture without context, and zero each context projection's gain and bias, so that
+        this model is exactly ``unconditional`` whatever h is, until training moves the gains. The
+        projections' directions v keep their random initialisation: with g = 0 the gradient reaches g (the
+        direction times h), and through it, once g moves, v. Call it instead of ``data_init``. Returns self.
+        """
+        if unconditional.context_shape is not None:
+            raise ValueError("start_from takes an unconditional model (context_shape None), got one with context "
+                             f"{unconditional.context_shape}")
+        mine = {k: v for k, v in self.config.items() if k != "context_shape"}
+        theirs = {k: v for k, v in unconditional.config.items() if k != "context_shape"}
+        if mine != theirs:
+            diff = {k: (theirs.get(k), mine.get(k)) for k in mine if mine.get(k) != theirs.get(k)}
+            raise ValueError(f"start_from needs the same architecture; (unconditional, this) differ in {diff}")
+        state = unconditional.state_dict()
+        own = self.state_dict()
+        context_keys = [k for k in own if ".context." in k]
+        missing = [k for k in own if k not in state and k not in context_keys]
+        if missing:
+            raise ValueError(f"start_from: the unconditional model lacks {missing[:3]}")
+        self.load_state_dict({**own, **{k: v for k, v in state.items() if k in own}})
+        for module in self.modules():
+            if isinstance(module, GatedResnet) and module.context is not None:
+                module.context.g.zero_()
+                module.context.b.zero_()
+        return self
+
+    @torch.no_grad()
     def data_init(self, x, context=None):
         """Data-dependent init of every weight-normed layer from one batch (call before training)."""
         layers = [m for m in self.modules() if isinstance(m, _WeightNormed)]
@@ -666,13 +695,14 @@ def _log1mexp(d):
 # Training
 # --------------------------------------------------------------------------------------------------
 def train_pixelcnn(model: PixelCNNpp, images, contexts, workdir, config: PixelCNNConfig, *, valid=None, device=None,
-                   progress=True, checkpoint_every=500, desc="pixelcnn") -> TrainResult:
+                   progress=True, checkpoint_every=500, desc="pixelcnn", data_init=True) -> TrainResult:
     """Maximum likelihood training of an inversion model on (image, context) pairs; resumable.
 
     Appendix A: Adam (betas 0.95, 0.9995, as in PixelCNN++), ``config.lr`` 1e-3 with a multiplicative decay
     ``config.lr_decay`` of 0.9999 per update, early stopping on validation likelihood when
     ``valid=(images, contexts)`` is given with ``config.eval_every`` > 0. The loss is nats per image; weight
-    norm is data-initialised on the first batch. Every training setting comes from ``config`` (its
+    norm is data-initialised on the first batch (``data_init=False``: a model warm-started with
+    ``PixelCNNpp.start_from`` keeps its weights). Every training setting comes from ``config`` (its
     architecture fields are the model's business: build the model with ``PixelCNNpp.from_config``).
 
     Returns inversion.training.TrainResult. ``model`` ends with the best validation weights when ``valid`` is
@@ -685,4 +715,5 @@ def train_pixelcnn(model: PixelCNNpp, images, contexts, workdir, config: PixelCN
     loop = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, lr_decay=config.lr_decay,
                        adam_betas=(0.95, 0.9995), eval_every=config.eval_every, patience=config.patience,
                        checkpoint_every=checkpoint_every, bf16=config.bf16, seed=config.seed, progress=progress)
-    return fit_density(model, images, contexts, workdir, loop, valid=valid, device=device, desc=desc)
+    return fit_density(model, images, contexts, workdir, loop, valid=valid, device=device, desc=desc,
+                       data_init=data_init)

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 
 from inversion.models.classifier import ARCHS
 from inversion.pipeline.cache import ref
-from inversion.pipeline.layers import CLASSIFIER, DECODER, INVERSION, NCE, SAMPLES, ClassifierSettings, \
-    DecoderSettings, FigureSamples, InversionSettings, SamplingSettings, WidgetSettings, check_dataset, \
-    check_layers, replicate_nces
+from inversion.pipeline.layers import CLASSIFIER, DECODER, NCE, SAMPLES, ClassifierSettings, DecoderSettings, \
+    FigureSamples, InversionSettings, SamplingSettings, WidgetSettings, check_dataset, check_layers, inversion_ref, \
+    replicate_nces
 from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError, closest
 
@@ -77,13 +77,12 @@ def architectures_plan(P: Params) -> dict:
         A = P.section("architectures", arch=arch)
         ev, layer = A.evaluation, A.layer
         clf = ref(CLASSIFIER, {**asdict(A.classifier), "dataset": A.dataset, "arch": arch})
-        inversion = {**asdict(A.inversion), "layer": layer}
-        inv = ref(INVERSION, inversion, classifier=clf)
+        inv = inversion_ref(A.inversion, layer, clf, A.dataset)
         out[arch] = {
             "classifier": clf,
             "inversion": inv,
             "nce": ref(NCE, {"n_test": ev.n_test_nce}, classifier=clf, inversion=inv),
-            "replicates": replicate_nces(A.replicate_seeds, ev.n_test_nce, clf, inversion),
+            "replicates": replicate_nces(A.replicate_seeds, ev.n_test_nce, inv),
             "decoder": ref(DECODER, {**asdict(A.decoder), "layer": layer, "n_test": ev.n_test_nce,
                                      "n_show": ev.n_images}, classifier=clf),
             "samples": ref(SAMPLES, {"n_images": ev.n_images, "n_samples": ev.n_samples, **asdict(A.sampling)},

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from inversion.models.classifier import accuracy, load_classifier as load_classifier_dir
 from inversion.pipeline.cache import Context, ref, stage
 from inversion.pipeline.common import first, load_split
-from inversion.pipeline.layers import CLASSIFIER, INVERSION, NCE, ClassifierSettings, InversionSettings, \
-    check_dataset, check_layers, replicate_nces
+from inversion.pipeline.layers import CLASSIFIER, NCE, ClassifierSettings, InversionSettings, check_dataset, \
+    check_layers, inversion_ref, replicate_nces
 from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError, to_plain, validate
 
@@ -150,14 +150,11 @@ def dynamics_plan(P: Params) -> dict:
             L = P.section("dynamics", layer=layer)
             R["inversion"][layer], R["nce"][layer] = {}, {}
             for step, snap in R["snapshots"].items():
-                inv = ref(INVERSION, {**asdict(L.inversion), "layer": layer}, classifier=snap)
+                inv = inversion_ref(L.inversion, layer, snap, dataset)
                 R["inversion"][layer][step] = inv
                 R["nce"][layer][step] = ref(NCE, {"n_test": n_test}, classifier=snap, inversion=inv)
         out["regimes"][regime] = R
     first_regime = next(iter(out["regimes"].values()))
-    last = first_regime["snapshots"][steps[-1]]
-    out["replicates"] = {
-        layer: replicate_nces(S.replicate_seeds, n_test, last,
-                              {**asdict(P.section("dynamics", layer=layer).inversion), "layer": layer})
-        for layer in S.layers}
+    out["replicates"] = {layer: replicate_nces(S.replicate_seeds, n_test, first_regime["inversion"][layer][steps[-1]])
+                         for layer in S.layers}
     return out

@@ -430,8 +430,8 @@ def inverters_plan(P: Params, dataset: str) -> dict:
                 raise ConfigError(f"inverters.replicate_seeds {list(L.replicate_seeds)} at {layer}: seed "
                                   f"{', '.join(f'{v} is the main model’s ({k})' for k, v in clash.items())}; "
                                   "a replicate needs a seed of its own")
-            reps = {"pixelcnn": replicate_nces(L.replicate_seeds, nce.config["n_test"], clf,
-                                               base["layers"][layer]["inversion"].config)}
+            reps = {"pixelcnn": replicate_nces(L.replicate_seeds, nce.config["n_test"],
+                                               base["layers"][layer]["inversion"])}
             for family in [f for f in S.families if f in BOUNDED]:
                 reps[family] = {int(seed): trained(L, family, layer, seed)["evaluation"] for seed in L.replicate_seeds}
             plan["replicates"][layer] = reps

@@ -4,7 +4,10 @@ The stages here are the book's workhorses; §5.2 (architectures) and §5.3 (dyna
 
   classifier   train a supervised classifier (Appendix A) with early stopping
   inversion    train a conditional PixelCNN++ p(x | h) on one layer's (image, activation) pairs (§4)
+  unconditional  the same PixelCNN++ without h, p(x), on the dataset's training images (for warm starts)
+  warm_inversion an inversion model started from the unconditional one (``warm_start_steps`` > 0)
   nce          its negative cross-entropy on test images, the bound on I(x; h) up to H(x) (§4.1)
+  unconditional_nce  the unconditional model's: the NCE's gain over it estimates what h adds
   decoder      the MSE decoder baseline x_hat = f(h) on the same pairs (eq. 3)
   samples      samples from p(x | h(x)) for test images, sent back through the classifier (Table 1, Fig. 1)
   neighbours   nearest training images in a layer's representation space (Table 1, Fig. 2)
@@ -39,7 +42,7 @@ from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError, closest
 
 __all__ = ["CLASSIFIER", "INVERSION", "NCE", "DECODER", "SAMPLES", "NEIGHBOURS", "LayersSettings", "layers_plan",
-           "replicate_nces", "check_dataset"]
+           "replicate_nces", "check_dataset", "inversion_ref", "unconditional_nce_ref", "with_seed"]
 
 
 def check_dataset(name: str) -> None:
@@ -78,8 +81,9 @@ class ClassifierStageConfig(ClassifierSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class InversionSettings(PixelCNNConfig):
-    """An inversion model as a parameter set gives it: PixelCNN++ and its training, and its data."""
+class PixelCNNRun(PixelCNNConfig):
+    """A PixelCNN++, its training and its data: what the inversion, warm-inversion and unconditional stages
+    share."""
 
     n_train: int | None = None  # the first n training images (None: all)
     n_valid: int = 1000  # validation images for early stopping (used when eval_every > 0)
@@ -91,8 +95,32 @@ class InversionSettings(PixelCNNConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class InversionStageConfig(InversionSettings):
+class InversionSettings(PixelCNNRun):
+    """An inversion model as a parameter set gives it. ``warm_start_steps``: 0 trains it from scratch, the
+    paper's recipe; N > 0 starts it from the dataset's unconditional PixelCNN++ of the same architecture and
+    training settings, trained once for N steps (seed 0) and shared by every layer, network and snapshot
+    of the section, with the conditioning at zero: at step 0 the model is exactly p(x), and its training
+    only has to learn what h adds (``inversion_ref``)."""
+
+    warm_start_steps: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_at_least("warm_start_steps", self.warm_start_steps, 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InversionStageConfig(PixelCNNRun):
     layer: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnconditionalConfig(PixelCNNRun):
+    dataset: str
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_dataset(self.dataset)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,27 +223,61 @@ def layer_training_pairs(ctx: Context):
     return dataset, clf, x_tr, features(clf, x_tr, c.layer, ctx.device)
 
 
-@stage("inversion", "1", InversionStageConfig, deps=("classifier",), checkpoints=("model.pt",),
-       data_parallel=True)
-def train_inversion(ctx: Context) -> dict:
-    """Train a conditional PixelCNN++ p(x | h) on one classifier layer (§4, Appendix A)."""
+def _fit_pixelcnn(ctx: Context, dataset: str, x_tr, h_tr, valid, start=None) -> dict:
+    """Train the PixelCNN++ of ``ctx.config`` on (images, contexts) (``h_tr`` None: unconditional), from
+    scratch or from ``start`` (an unconditional model: ``PixelCNNpp.start_from``); save it; its metrics."""
     c = ctx.config
-    dataset, clf, x_tr, h_tr = layer_training_pairs(ctx)
-    valid = None
-    if c.eval_every and c.n_valid:
-        x_va = load_split(dataset, "valid")[0][: c.n_valid]
-        valid = (x_va, features(clf, x_va, c.layer, ctx.device))
     torch.manual_seed(c.seed)
-    model = PixelCNNpp.from_config(data.IMAGE_SHAPES[dataset], tuple(h_tr.shape[1:]), c)
+    model = PixelCNNpp.from_config(data.IMAGE_SHAPES[dataset], None if h_tr is None else tuple(h_tr.shape[1:]), c)
+    if start is not None:
+        model.start_from(start)
+    what = getattr(c, "layer", "unconditional")
     res = train_pixelcnn(model, x_tr, h_tr, ctx.work, c, valid=valid, device=ctx.device, progress=ctx.progress,
-                         desc=f"pixelcnn {dataset}/{c.layer}")
+                         desc=f"pixelcnn {dataset}/{what}", data_init=start is None)
     torch.save(model.state_dict(), ctx.out / "model.pt")  # train_pixelcnn left the best weights in model
     (ctx.out / "model.json").write_text(json.dumps(model.config, indent=1))
     losses = [row["loss"] for row in res.history]
     ctx.log(f"{res.step} steps in {res.seconds:.0f} s")
     return dict(steps=res.step, train_seconds=res.seconds, steps_per_second=res.step / max(res.seconds, 1e-9),
                 best_valid_nats=res.best_score, best_step=res.best_step, n_parameters=model.n_parameters(),
-                context_shape=list(h_tr.shape[1:]), history=res.history, last_loss=losses[-1] if losses else None)
+                context_shape=None if h_tr is None else list(h_tr.shape[1:]), history=res.history,
+                last_loss=losses[-1] if losses else None)
+
+
+def _inversion_validation(ctx: Context, dataset: str, clf):
+    c = ctx.config
+    if not (c.eval_every and c.n_valid):
+        return None
+    x_va = load_split(dataset, "valid")[0][: c.n_valid]
+    return x_va, features(clf, x_va, c.layer, ctx.device)
+
+
+@stage("inversion", "1", InversionStageConfig, deps=("classifier",), checkpoints=("model.pt",),
+       data_parallel=True)
+def train_inversion(ctx: Context) -> dict:
+    """Train a conditional PixelCNN++ p(x | h) on one classifier layer (§4, Appendix A)."""
+    dataset, clf, x_tr, h_tr = layer_training_pairs(ctx)
+    return _fit_pixelcnn(ctx, dataset, x_tr, h_tr, _inversion_validation(ctx, dataset, clf))
+
+
+@stage("unconditional", "1", UnconditionalConfig, checkpoints=("model.pt",), data_parallel=True)
+def train_unconditional(ctx: Context) -> dict:
+    """Train the PixelCNN++ without context, p(x), on the dataset's first ``n_train`` training images: the
+    start of every warm-started inversion model of that dataset and architecture."""
+    c = ctx.config
+    x_tr = first(load_split(c.dataset, "train")[0], c.n_train)
+    valid = (load_split(c.dataset, "valid")[0][: c.n_valid], None) if c.eval_every and c.n_valid else None
+    return _fit_pixelcnn(ctx, c.dataset, x_tr, None, valid)
+
+
+@stage("warm_inversion", "1", InversionStageConfig, deps=("classifier", "unconditional"), checkpoints=("model.pt",),
+       data_parallel=True)
+def train_warm_inversion(ctx: Context) -> dict:
+    """Train a conditional PixelCNN++ p(x | h) on one layer, started from the unconditional model: at step 0
+    it is p(x) for every h (its conditioning projections at zero), so training learns only what h adds."""
+    dataset, clf, x_tr, h_tr = layer_training_pairs(ctx)
+    start = load_inversion(ctx.dep("unconditional", need=("model.pt",)), ctx.device)
+    return _fit_pixelcnn(ctx, dataset, x_tr, h_tr, _inversion_validation(ctx, dataset, clf), start=start)
 
 
 @stage("nce", "1", NCEConfig, deps=("classifier", "inversion"))
@@ -232,6 +294,22 @@ def evaluate_nce(ctx: Context) -> dict:
     np.save(ctx.out / "log_probs.npy", lp.numpy())
     s = summarize(lp, dims=int(x[0].numel()))
     ctx.log(f"NCE {s.nats:.2f} ± {s.stderr:.2f} nats ({s.bits_per_dim:.3f} bits/dim)")
+    return s.as_dict()
+
+
+@stage("unconditional_nce", "1", NCEConfig, deps=("unconditional",))
+def evaluate_unconditional_nce(ctx: Context) -> dict:
+    """The unconditional model's mean test log p(x) on the first ``n_test`` test images. On the same images
+    an inversion model's NCE minus this is what conditioning on h adds, for this model family (an estimate
+    of the usable information in h, Xu et al. 2020)."""
+    c = ctx.config
+    res = ctx.dep("unconditional", need=("model.pt",))
+    model = load_inversion(res, ctx.device)
+    x, _ = test_split(res.config["dataset"], c.n_test)
+    lp = per_image_log_prob(model, x, None, batch_size=c.batch_size, progress=ctx.progress)
+    np.save(ctx.out / "log_probs.npy", lp.numpy())
+    s = summarize(lp, dims=int(x[0].numel()))
+    ctx.log(f"unconditional NCE {s.nats:.2f} ± {s.stderr:.2f} nats ({s.bits_per_dim:.3f} bits/dim)")
     return s.as_dict()
 
 
@@ -350,8 +428,9 @@ def find_neighbours(ctx: Context) -> dict:
 
 
 CLASSIFIER, INVERSION, NCE = train_classifier_stage, train_inversion, evaluate_nce
+UNCONDITIONAL, WARM_INVERSION, UNCONDITIONAL_NCE = train_unconditional, train_warm_inversion, evaluate_unconditional_nce
 DECODER, SAMPLES, NEIGHBOURS = train_decoder_stage, draw_samples, find_neighbours
-STAGES = (CLASSIFIER, INVERSION, NCE, DECODER, SAMPLES, NEIGHBOURS)
+STAGES = (CLASSIFIER, INVERSION, UNCONDITIONAL, WARM_INVERSION, NCE, UNCONDITIONAL_NCE, DECODER, SAMPLES, NEIGHBOURS)
 
 
 # =========================================================================================================
@@ -463,15 +542,43 @@ def check_layers(layers, arch: str, where: str) -> None:
                               f"{closest(layer, valid)}")
 
 
-def replicate_nces(seeds, n_test: int, clf: Ref, inversion: Mapping) -> dict[int, Ref]:
-    """{seed: nce ref} of inversion models that differ from ``inversion`` (an inversion stage config) only in
-    their seed: their spread is the part of an NCE difference that the test-set standard error does not see,
-    the variation from training the inversion model itself (§5.2 and §5.3 train them: ``replicate_seeds``)."""
-    out = {}
-    for seed in seeds or ():
-        inv = ref(INVERSION, {**inversion, "seed": int(seed)}, classifier=clf)
-        out[int(seed)] = ref(NCE, {"n_test": n_test}, classifier=clf, inversion=inv)
-    return out
+def inversion_ref(settings: InversionSettings, layer: str, clf: Ref, dataset: str) -> Ref:
+    """The inversion model of ``layer`` of classifier ``clf`` with these settings: trained from scratch (the
+    ``inversion`` stage) or, with ``warm_start_steps`` > 0, from ``unconditional_ref`` (``warm_inversion``).
+    Every plan builds its inversion models here."""
+    cfg = {**asdict(settings), "layer": layer}
+    if not cfg.pop("warm_start_steps"):
+        return ref(INVERSION, cfg, classifier=clf)
+    return ref(WARM_INVERSION, cfg, classifier=clf, unconditional=unconditional_ref(settings, dataset))
+
+
+def unconditional_ref(settings: InversionSettings, dataset: str) -> Ref:
+    """The unconditional PixelCNN++ that warm starts begin from: the settings' architecture and training,
+    ``warm_start_steps`` steps, seed 0, on ``dataset``'s training images (one per dataset and settings)."""
+    cfg = asdict(settings)
+    steps = cfg.pop("warm_start_steps")
+    return ref(UNCONDITIONAL, {**cfg, "steps": steps, "seed": 0, "dataset": dataset})
+
+
+def unconditional_nce_ref(settings: InversionSettings, dataset: str, n_test: int) -> Ref | None:
+    """The unconditional model's test log-likelihood on ``n_test`` images, when the settings warm start."""
+    if not settings.warm_start_steps:
+        return None
+    return ref(UNCONDITIONAL_NCE, {"n_test": n_test}, unconditional=unconditional_ref(settings, dataset))
+
+
+def with_seed(inversion: Ref, seed: int) -> Ref:
+    """The same inversion model (same stage, settings and dependencies) with another seed."""
+    return ref(inversion.stage, {**inversion.config, "seed": int(seed)}, **inversion.deps)
+
+
+def replicate_nces(seeds, n_test: int, inversion: Ref) -> dict[int, Ref]:
+    """{seed: nce ref} of inversion models that differ from ``inversion`` only in their seed: their spread is
+    the part of an NCE difference that the test-set standard error does not see, the variation from training
+    the inversion model itself (§5.2 and §5.3 train them: ``replicate_seeds``)."""
+    clf = inversion.deps["classifier"]
+    return {int(seed): ref(NCE, {"n_test": n_test}, classifier=clf, inversion=with_seed(inversion, seed))
+            for seed in seeds or ()}
 
 
 def layers_plan(P: Params, dataset: str) -> dict:
@@ -486,7 +593,7 @@ def layers_plan(P: Params, dataset: str) -> dict:
     ev = S.evaluation
     for layer in S.layers:
         L = P.section("layers", dataset, layer)
-        inv = ref(INVERSION, {**asdict(L.inversion), "layer": layer}, classifier=clf)
+        inv = inversion_ref(L.inversion, layer, clf, dataset)
         plan["layers"][layer] = {
             "inversion": inv,
             "nce": ref(NCE, {"n_test": ev.n_test_nce}, classifier=clf, inversion=inv),
