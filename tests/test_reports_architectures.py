@@ -54,8 +54,10 @@ def test_differences_inside_their_noise_are_undecided():
     nce_rows = [c for c in claims.values() if c.criterion.startswith("NCE difference")]
     assert len(nce_rows) == 3 and all(c.reproduced is None and c.status == "undecided" for c in nce_rows)
     assert all("seed spread 2.00 included" in c.ours for c in nce_rows)
-    assert "would not have been detected" in claims["global max pooling discards information (≈ 4.5 nats in the "
-                                                    "paper)"].why  # 4.5 nats < 2 × 2.3
+    gmp = claims["global max pooling discards information (≈ 4.5 nats in the paper)"]
+    assert "would not have been detected" in gmp.why  # 4.5 nats < 2 × 2.3
+    assert gmp.power.noise == 2.3 and gmp.power.powered is False  # every NCE row states its power
+    assert all(c.power is not None and c.power.paper_effect is not None for c in nce_rows)
     # a position ratio just under the threshold, not significantly kept: neither kept nor discarded
     edge = Kept(error=3.0, baseline=4.0, ratio=DISCARDED - 0.01, diff=-0.5, diff_stderr=0.3, n_inputs=40)
     got = verdicts(summary(gmp_position=edge))

@@ -62,3 +62,16 @@ def test_provenance_rows_say_what_each_result_is(tmp_path):
         "MNIST, conv network, overfitted (100 examples), snapshot after 1000 updates, FC3, seed 1, n_test=500"
     plain = _write(tmp_path, "classifier-e", dict(dataset="fashion_mnist", arch="fc", overfit_n=None, steps=10, seed=0))
     assert describe_result(Result(plain)) == "Fashion-MNIST, fc network, steps=10"
+
+
+def test_power_says_what_a_comparison_could_detect_and_whether_the_papers_effect_was_in_reach():
+    from inversion.reports.common import MARGIN, Power
+
+    p = Power(2.2, paper_effect=4.46)
+    assert p.detectable == MARGIN * 2.2 and p.powered is True and "within reach" in p.text()
+    weak = Power(3.0, paper_effect=-4.46)  # the sign of the paper's effect does not matter, its size does
+    assert weak.powered is False and "too small for this run to see" in weak.text() and "6.0 nats or more" in weak.text()
+    assert Power(1.0).powered is None and "paper" not in Power(1.0).text()
+    assert Power(0.0, paper_effect=1.0).powered is None and "no noise" in Power(0.0).text()
+    table = claims_table([Claim("gap", "+4.46 nats", "+1.0 ± 3.0 nats", None, "> 2 × noise", power=weak)]).data
+    assert "+1.0 ± 3.0 nats<br><small>detectable: 6.0 nats or more" in table

@@ -15,7 +15,7 @@ import numpy as np
 
 from inversion import digit_geometry, paper
 from inversion.bounds import difference_noise, paired_difference
-from inversion.reports.common import Claim, Difference, Estimate, SeedSpread, decide, fmt, image_grid, \
+from inversion.reports.common import Claim, Difference, Estimate, Power, SeedSpread, decide, fmt, image_grid, \
     undecided_why
 
 ARCH_LABELS = {"fc": "fully connected", "conv": "conv", "conv_gmp": "conv + global max pool"}
@@ -146,13 +146,14 @@ def _nce_claims(s: ArchitectureSummary) -> list[Claim]:
         seeds = (f" (seed spread {s.seed_spread.sd:.2f} included)" if s.seed_spread.n_models else
                  " (test-set s.e. only: no replicate seeds)")
         ok = decide(diff, +1)
+        power = Power(diff.noise, paper_effect=paper_gap)
         why = {True: None, None: undecided_why(diff, " nats", 2) + (
-                   f"; the paper's {paper_gap:+.2f} nats would {'' if paper_gap > 2 * diff.noise else 'not '}have "
+                   f"; the paper's {paper_gap:+.2f} nats would {'' if power.powered else 'not '}have "
                    "been detected"),
                False: f"a significant reversal: {arch_label(a)} keeps less than {arch_label(b)} here, against the "
                       f"paper's {paper_gap:+.2f} nats"}[ok]
         return Claim(claim=claim, paper=f"{paper_gap:+.2f} nats", ours=f"{diff.value:+.2f} ± {diff.noise:.2f} nats" + seeds,
-                     reproduced=ok, why=why,
+                     reproduced=ok, why=why, power=power,
                      criterion=f"NCE difference {arch_label(a)} − {arch_label(b)} > 2 × its noise (< −2 × noise: "
                                "contradicted)")
 

@@ -292,7 +292,41 @@ VERDICTS = {"reproduced": "✓ reproduced", "contradicted": "✗ **contradicted*
             "no test": "— no test"}
 
 
-def decide(d: Difference, sign: int = +1, margin: float = 2.0) -> bool | None:
+MARGIN = 2.0  # a difference is decided when it is more than this many times its noise from zero
+
+
+@dataclass(frozen=True)
+class Power:
+    """What an NCE comparison could detect: the noise of its difference, the smallest effect it decides
+    (``MARGIN`` x noise), and, where the paper reports the effect, whether it is that large (the run had the
+    power to see it). ``noise`` 0 means none was measured."""
+
+    noise: float
+    unit: str = " nats"
+    paper_effect: float | None = None
+
+    @property
+    def detectable(self) -> float:
+        return MARGIN * self.noise
+
+    @property
+    def powered(self) -> bool | None:
+        if self.paper_effect is None or not (self.noise > 0):
+            return None
+        return abs(self.paper_effect) > self.detectable
+
+    def text(self) -> str:
+        """"detectable: 4.0 nats or more; the paper's 4.46 nats: within reach" (or "below it")."""
+        if not (self.noise > 0):
+            return "no noise measured: nothing decidable"
+        out = f"detectable: {self.detectable:.1f}{self.unit} or more"
+        if self.paper_effect is not None:
+            out += (f"; the paper's {abs(self.paper_effect):.2f}{self.unit}: "
+                    + ("within reach" if self.powered else "below it, too small for this run to see"))
+        return out
+
+
+def decide(d: Difference, sign: int = +1, margin: float = MARGIN) -> bool | None:
     """A difference against its noise: True when it has the claimed ``sign`` beyond ``margin`` noise units
     (reproduced), False when it has the other sign beyond them (contradicted), None inside (undecided at
     this budget, and also when there is no noise to judge by)."""
@@ -302,7 +336,7 @@ def decide(d: Difference, sign: int = +1, margin: float = 2.0) -> bool | None:
     return True if z > margin else False if z < -margin else None
 
 
-def undecided_why(d: Difference, unit: str = "", digits: int = 2, margin: float = 2.0) -> str:
+def undecided_why(d: Difference, unit: str = "", digits: int = 2, margin: float = MARGIN) -> str:
     """Why an undecided row is undecided, and what effect the run could have detected."""
     if not (d.noise > 0):
         return "no noise measured for this comparison, so the run cannot judge it"
@@ -317,7 +351,8 @@ class Claim:
     difference lies inside its noise or there is none to judge by). ``discriminates`` is False for a test
     that cannot tell the claim from its negation on this run (its control behaves the same): the row then
     reads "no test" whatever ``reproduced`` says. ``why`` explains a row that is not reproduced, from the
-    run's own numbers. ``kind`` and ``layer`` let a chapter count claims."""
+    run's own numbers. ``kind`` and ``layer`` let a chapter count claims. ``power``, on every comparison of
+    NCEs, says what effect the run could have detected."""
 
     claim: str
     paper: str
@@ -328,6 +363,7 @@ class Claim:
     layer: str | None = None
     why: str | None = None
     discriminates: bool = True
+    power: Power | None = None
 
     def __post_init__(self):
         if self.reproduced is not None:  # numpy booleans compare and hash like bools but are not ``True``
@@ -347,8 +383,10 @@ class Claim:
 
 def claims_table(claims: Sequence[Claim]):
     """Markdown, four columns for the page's full width: the claim with the test it was judged by under it,
-    the paper's value, this run's, and the verdict with its reason ("why not") under it when it has one."""
-    rows = [(f"{c.claim}<br><small>test: {c.criterion}</small>", c.paper, c.ours,
+    the paper's value, this run's with what it could detect under it (``Power``), and the verdict with its
+    reason ("why not") under it when it has one."""
+    rows = [(f"{c.claim}<br><small>test: {c.criterion}</small>", c.paper,
+             c.ours + (f"<br><small>{c.power.text()}</small>" if c.power else ""),
              c.label + (f"<br><small>{c.why}</small>" if c.why else "")) for c in claims]
     return md(markdown_table(["claim (and its test)", "paper", "this run", "verdict (and why not)"], rows, "llll"))
 

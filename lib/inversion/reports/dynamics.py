@@ -18,8 +18,8 @@ import numpy as np
 
 from inversion import paper
 from inversion.bounds import difference_noise, paired_difference
-from inversion.reports.common import FIGURE_WIDTH_IN, REGIME_COLOURS, Claim, Difference, Estimate, SeedSpread, decide, \
-    layer_label, regime_label, undecided_why
+from inversion.reports.common import FIGURE_WIDTH_IN, REGIME_COLOURS, Claim, Difference, Estimate, Power, SeedSpread, \
+    decide, layer_label, regime_label, undecided_why
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
                 paper="yes, every layer",
                 ours=f"peak at {r.peak} updates; rise {r.rise.value:+.1f} ± {r.rise.noise:.1f}, "
                      f"then {r.fall.value:+.1f} ± {r.fall.noise:.1f} nats by {steps[-1]}{seeds}",
-                reproduced=ok, why=why,
+                reproduced=ok, why=why, power=Power(max(r.rise.noise, r.fall.noise)),
                 criterion="an interior checkpoint beats step 0 and the last checkpoint, each by more than 2 × the "
                           "noise of the difference (paired s.e. and seed spread); contradicted when the NCE moves "
                           "away from an end point beyond its noise"))
@@ -198,7 +198,7 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
                 kind="overfit_keeps_more", layer=l,
                 claim=f"{layer_label(l)}: the overfitted network keeps more about the input", paper="yes, every layer",
                 ours=f"overfitted − regular at {steps[-1]} updates: {d.value:+.1f} ± {d.noise:.1f} nats{seeds}",
-                reproduced=ok,
+                reproduced=ok, power=Power(d.noise),
                 why={True: None, None: undecided_why(d, " nats", 1),
                      False: "the overfitted network's NCE is lower, beyond the noise: it keeps less"}[ok],
                 criterion="NCE difference at the last checkpoint > 2 × its noise (paired s.e. and seed spread); "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from inversion.bounds import difference_noise, paired_difference
-from inversion.reports.common import Claim, Difference, Estimate, SeedSpread, decide, fmt, image_grid, \
+from inversion.reports.common import Claim, Difference, Estimate, Power, SeedSpread, decide, fmt, image_grid, \
     layer_label, undecided_why
 from inversion.reports.widgets import STAT_KEYS
 
@@ -200,7 +200,7 @@ def inverter_claims(s: InvertersSummary) -> list[Claim]:
                 f"{layer_label(layer)}: the autoregressive model gives the tightest bound on log p(x | h)",
                 "§2: exact likelihood, so the best bound (no comparison in the paper)",
                 f"PixelCNN++ − {family_label(best)} = {d.value:+.1f} ± {d.noise:.1f} nats", ok,
-                f"difference beyond 2 × its noise ({noise})", kind="bound", layer=layer, why=why))
+                f"difference beyond 2 × its noise ({noise})", kind="bound", layer=layer, why=why, power=Power(d.noise)))
     for layer in [l for l in DIVERSITY_LAYERS if l in s.diversity_gap]:
         d = s.diversity_gap[layer]
         ok = decide(d, -1)

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from inversion import paper
-from inversion.reports.common import FIGURE_WIDTH_IN, Claim, Difference, Estimate, dataset_label, decide, image_grid, \
-    layer_label, undecided_why
+from inversion.reports.common import FIGURE_WIDTH_IN, Claim, Difference, Estimate, Power, dataset_label, decide, \
+    image_grid, layer_label, undecided_why
 
 
 def figure1(inputs: np.ndarray, layers: Mapping[str, tuple[np.ndarray, np.ndarray]], n_samples: int = 3,
@@ -296,7 +296,7 @@ def layer_claims(s: LayerSummary) -> list[Claim]:
         claim=f"{D}: the NCE decreases through successive layers (Fig. 5a)", paper="yes, every dataset",
         ours="paired NCE differences between consecutive layers: " + ", ".join(
             f"{layer_label(t.shallower)} → {layer_label(t.deeper)} {t.diff:+.1f} ± {t.stderr:.1f}" for t in s.steps)
-        + " nats", reproduced=ok, why=why,
+        + " nats", reproduced=ok, why=why, power=Power(max(t.stderr for t in s.steps)),
         criterion="every consecutive paired difference < 0 beyond 2 standard errors (> 0 beyond 2: contradicted)"))
     if len(s.steps) >= 2 and layers[:2] == ["conv1", "conv2"]:
         drops = [t.diff for t in s.steps]
@@ -305,6 +305,7 @@ def layer_claims(s: LayerSummary) -> list[Claim]:
             claim=f"{D}: the biggest drop is CONV1 → CONV2", paper="yes, \"by far\"",
             ours=f"largest drop: {L[int(np.argmin(drops))]} → {L[int(np.argmin(drops)) + 1]}, "
                  f"{min(drops):+.1f} nats", reproduced=ok, why=why,
+            power=Power(max(math.hypot(t.stderr, s.steps[0].stderr) for t in s.steps[1:])),
             criterion="CONV1 → CONV2 drops more than every other step, beyond 2 standard errors of the difference"))
     table = paper.TABLE1
     t1 = [l for l in table.layers if l in s.table1]
