@@ -63,3 +63,27 @@ def test_difference_noise_adds_the_seed_spread_of_both_models():
     assert difference_noise(3.0, 2.0) == pytest.approx(math.sqrt(9 + 8))
     with pytest.raises(ValueError):
         difference_noise(-1.0, 0.0)
+
+
+def test_seed_paired_difference_removes_what_the_seeds_share():
+    """Common random numbers: when a seed moves both settings' NCE alike (same initialisation, batch order
+    and dropout), the per-seed differences cancel it; treated as independent, it counts twice."""
+    from inversion.bounds import seed_paired_difference
+
+    g = torch.Generator().manual_seed(0)
+    n, seeds = 400, range(5)
+    image = torch.randn(n, generator=g, dtype=torch.float64) * 30  # per-image difficulty, shared by all
+    shared = {s: 10 * torch.randn((), generator=g, dtype=torch.float64) for s in seeds}  # each seed's luck
+    a = {s: -600 + image + shared[s] + 0.5 * torch.randn(n, generator=g, dtype=torch.float64) for s in seeds}
+    b = {s: -603 + image + shared[s] + 0.5 * torch.randn(n, generator=g, dtype=torch.float64) for s in seeds}
+    d = seed_paired_difference(a, b)
+    assert d.n_seeds == 5 and abs(d.value - 3.0) < 0.2
+    assert d.noise < 0.1 < 5 < d.independent_noise  # the seeds' 10-nat luck is gone from the paired noise
+    # the noise is the spread of the per-seed differences and the test-set s.e., combined
+    per_seed = torch.stack([(a[s] - b[s]).mean() for s in seeds])
+    assert d.seed_sd == pytest.approx(per_seed.std().item())
+    assert d.noise == pytest.approx((d.seed_sd**2 / 5 + d.test_se**2) ** 0.5)
+    # only the seeds both sides have are paired; fewer than two is an error
+    assert seed_paired_difference({**a, 9: a[0]}, b).n_seeds == 5
+    with pytest.raises(ValueError, match="at least two seeds"):
+        seed_paired_difference({0: a[0]}, b)

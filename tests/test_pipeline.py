@@ -515,3 +515,26 @@ def test_a_warm_started_model_is_the_unconditional_one_until_it_trains(tmp_path)
             assert np.isfinite(lp).all() and not np.array_equal(lp, u_lp)
     res = cache.result(inv)
     assert res.stage == "warm_inversion" and res.metrics["steps"] == 2
+
+
+def test_paired_seeds_train_every_compared_model_with_every_seed():
+    P = pipeline.load_params("smoke", {"dynamics": {"paired_seeds": True}})
+    dyn = plans.plan(P, ["dynamics"])["dynamics"]
+    seeds = sorted(P.section("dynamics").replicate_seeds)
+    assert seeds and set(dyn["paired"]) == set(dyn["regimes"])
+    for g, per_layer in dyn["paired"].items():
+        for layer, per_step in per_layer.items():
+            assert sorted(per_step) == dyn["steps"]
+            for t, reps in per_step.items():
+                main = dyn["regimes"][g]["inversion"][layer][t]
+                assert sorted(reps) == seeds
+                assert all({**r.deps["inversion"].config, "seed": main.config["seed"]} == main.config for r in reps.values())
+    last = dyn["steps"][-1]
+    first = next(iter(dyn["regimes"]))
+    assert {s: r.key for s, r in dyn["paired"][first][dyn["layers"][0]][last].items()} == \
+           {s: r.key for s, r in dyn["replicates"][dyn["layers"][0]].items()}, "the spread's models are reused"
+    assert plans.plan(pipeline.load_params("smoke"), ["dynamics"])["dynamics"]["paired"] == {}
+    with pytest.raises(ConfigError, match="paired_seeds: true needs replicate_seeds"):
+        pipeline.load_params("smoke", {"dynamics": {"paired_seeds": True, "replicate_seeds": []}}).section("dynamics")
+    with pytest.raises(ConfigError, match="a replicate needs a seed of its own"):
+        pipeline.load_params("smoke", {"dynamics": {"replicate_seeds": [0, 1]}}).section("dynamics")

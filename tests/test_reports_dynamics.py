@@ -67,3 +67,20 @@ def test_differences_inside_the_test_noise_are_undecided():
 def test_an_overfitted_network_that_does_not_memorise_is_not_overfitted():
     c = by_kind(dynamics_claims(summary([0, 20, 5, -10], [0, 25, 25, 25], overfit_train=0.95)))
     assert c["overfit_generalises_worse"].reproduced is False and "memorised" in c["overfit_generalises_worse"].why
+
+
+def test_paired_seeds_cancel_what_a_seed_does_to_every_snapshot():
+    """Three seeds whose luck (±15 nats) moves every snapshot's model alike: judged as independent models
+    the rise and fall is inside the noise; paired per seed (common random numbers) it is decided."""
+    from dataclasses import replace
+
+    base = summary([0, 20, 5, -10], [0, 25, 25, 25], seed_sd=15.0)
+    luck = {0: 0.0, 1: 15.0, 2: -15.0}
+    by_seed = {g: {"fc3": {t: {seed: lp + shift for seed, shift in luck.items()} for t, lp in per.items()}}
+               for g, per in ((g, base.log_probs[g]["fc3"]) for g in base.regimes)}
+    paired = replace(base, by_seed=by_seed)
+    independent, crn = by_kind(dynamics_claims(base)), by_kind(dynamics_claims(paired))
+    assert independent["rise_and_fall"].reproduced is None
+    assert crn["rise_and_fall"].reproduced is True and crn["overfit_keeps_more"].reproduced is True
+    assert crn["rise_and_fall"].power.noise < independent["rise_and_fall"].power.noise / 10
+    assert "common random numbers" in crn["rise_and_fall"].ours

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import torch
 from tqdm.auto import tqdm
@@ -84,3 +85,44 @@ def difference_noise(se: float, seed_sd: float) -> float:
     if se < 0 or seed_sd < 0:
         raise ValueError(f"standard errors are non-negative, got se={se}, seed_sd={seed_sd}")
     return math.sqrt(se**2 + 2 * seed_sd**2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedPairedDifference:
+    """An NCE difference between two settings (layers, networks, snapshots) measured with common random
+    numbers: for each seed s both inversion models were trained with s (the same initialisation of the
+    shared weights, batch order and dropout masks), giving one paired difference d_s per seed.
+
+    ``value`` is the mean of the d_s; ``noise`` its standard deviation, from the spread of the d_s across
+    seeds (what training the models adds: sd(d_s) / sqrt(S)) and the paired test-set standard error of the
+    seed-averaged per-image differences (what the choice of test images adds, common to every seed).
+    ``independent_noise`` is what the same models give when treated as independent (today's
+    ``difference_noise`` with the seed spread of each side), for comparison."""
+
+    value: float
+    noise: float
+    n_seeds: int
+    seed_sd: float  # sd of the per-seed paired differences d_s
+    test_se: float
+    independent_noise: float
+
+
+def seed_paired_difference(a: Mapping[int, torch.Tensor], b: Mapping[int, torch.Tensor]) -> SeedPairedDifference:
+    """``a`` and ``b`` map seed -> per-image log-probs [N] of the two settings' inversion models on the same N
+    test images; the seeds both have (at least 2) are paired (``SeedPairedDifference``)."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        raise ValueError(f"paired seeds need at least two seeds that both sides share, got {seeds}")
+    A = torch.stack([torch.as_tensor(a[s], dtype=torch.float64) for s in seeds])  # [S, N]
+    B = torch.stack([torch.as_tensor(b[s], dtype=torch.float64) for s in seeds])
+    if A.shape != B.shape or A.shape[1] < 2:
+        raise ValueError(f"need the same >= 2 test images on both sides, got {list(A.shape)} and {list(B.shape)}")
+    S, N = A.shape
+    d = (A - B).mean(1)  # one paired difference per seed
+    seed_sd = d.std(unbiased=True).item()
+    per_image = (A - B).mean(0)
+    test_se = (per_image.std(unbiased=True) / math.sqrt(N)).item()
+    spread = math.sqrt((A.mean(1).var(unbiased=True).item() + B.mean(1).var(unbiased=True).item()) / 2)
+    return SeedPairedDifference(value=d.mean().item(), noise=math.sqrt(seed_sd**2 / S + test_se**2), n_seeds=S,
+                                seed_sd=seed_sd, test_se=test_se,
+                                independent_noise=difference_noise(paired_difference(A[0], B[0])[1], spread))

@@ -3,7 +3,9 @@
 One classifier per regime is trained without early stopping and snapshotted after a log-spaced number of
 updates (the ``snapshot`` stage makes each snapshot a classifier result of its own); every layer of every
 snapshot gets an inversion model and its NCE (the §5.1 stages), and the last regular snapshot gets
-``replicate_seeds`` more inversion models per layer to measure the seed-to-seed spread.
+``replicate_seeds`` more inversion models per layer to measure the seed-to-seed spread. With
+``paired_seeds`` every snapshot of every regime gets them: the models a claim compares then share each
+seed (initialisation, batch order, dropout masks), and each seed gives one paired difference.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class DynamicsSettings:
     inversion: InversionSettings = field(default_factory=InversionSettings)
     evaluation: DynamicsEvaluation = field(default_factory=DynamicsEvaluation)
     replicate_seeds: tuple[int, ...] = ()
+    paired_seeds: bool = False  # the replicate seeds at every snapshot and regime (common random numbers)
     per_layer: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -93,6 +96,12 @@ class DynamicsSettings:
         if not self.steps or min(self.steps) < 0:
             raise ConfigError(f"steps: give snapshot step counts >= 0, got {list(self.steps)}")
         check_layers(self.layers, self.classifier.arch, "layers")
+        if self.paired_seeds and not self.replicate_seeds:
+            raise ConfigError("paired_seeds: true needs replicate_seeds (the seeds every compared model is also "
+                              "trained with), e.g. replicate_seeds: [1, 2]")
+        if self.inversion.seed in self.replicate_seeds:
+            raise ConfigError(f"replicate_seeds {list(self.replicate_seeds)}: {self.inversion.seed} is the main "
+                              "inversion models' seed (inversion.seed); a replicate needs a seed of its own")
         if not self.regimes:
             raise ConfigError("regimes: give at least one regime (e.g. regular: {})")
         for name, overrides in self.regimes.items():
@@ -125,8 +134,9 @@ def dynamics_plan(P: Params) -> dict:
 
     Returns {"steps": [...], "layers": [...], "regimes": {regime: {"classifier": ref,
     "snapshots": {step: ref}, "nce": {layer: {step: ref}}, "inversion": {layer: {step: ref}}}},
-    "replicates": {layer: {seed: nce ref}}}; the replicates (``replicate_seeds``) are inversion models of the
-    last snapshot of the first regime that differ only in their seed.
+    "replicates": {layer: {seed: nce ref}}, "paired": {regime: {layer: {step: {seed: nce ref}}}}}; the
+    replicates (``replicate_seeds``) are inversion models of the last snapshot of the first regime that
+    differ only in their seed; "paired" (empty unless ``paired_seeds``) has them at every snapshot.
     """
     S = P.section("dynamics")
     dataset, steps, n_test = S.dataset, sorted(int(s) for s in S.steps), S.evaluation.n_test_nce
@@ -157,4 +167,8 @@ def dynamics_plan(P: Params) -> dict:
     first_regime = next(iter(out["regimes"].values()))
     out["replicates"] = {layer: replicate_nces(S.replicate_seeds, n_test, first_regime["inversion"][layer][steps[-1]])
                          for layer in S.layers}
+    out["paired"] = {regime: {layer: {step: replicate_nces(S.replicate_seeds, n_test, inv)
+                                      for step, inv in R["inversion"][layer].items()}
+                              for layer in S.layers}
+                     for regime, R in out["regimes"].items()} if S.paired_seeds else {}
     return out

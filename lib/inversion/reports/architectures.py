@@ -9,12 +9,12 @@ orientation, ink) is measured by ``inversion.digit_geometry``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from inversion import digit_geometry, paper
-from inversion.bounds import difference_noise, paired_difference
+from inversion.bounds import SeedPairedDifference, difference_noise, paired_difference, seed_paired_difference
 from inversion.reports.common import Claim, Difference, Estimate, Power, SeedSpread, decide, fmt, image_grid, \
     undecided_why
 
@@ -32,9 +32,12 @@ def arch_label(arch: str) -> str:
 @dataclass(frozen=True)
 class ArchitectureSummary:
     """The numbers of one §5.2 run. ``differences[(a, b)]`` is the FC3 NCE of network a minus that of b
-    (paired over the same test images) with its noise: the paired test-set s.e. combined with the
-    seed-to-seed spread of the inversion models (``seed_spread``, pooled over the networks that have
-    ``replicate_seeds``; sd 0 over 0 models when there are none)."""
+    (paired over the same test images) with its noise. Where both networks' inversion models were trained
+    with the same seeds (``replicate_seeds``), the seeds pair up as common random numbers and ``paired``
+    holds the per-seed analysis (``inversion.bounds.seed_paired_difference``: the mean over seeds, its
+    noise from the spread of the per-seed differences and the test-set s.e.); otherwise the noise is the
+    main models' paired test-set s.e. combined with the seed-to-seed spread (``seed_spread``, pooled over the
+    networks with replicates; sd 0 over 0 models when there are none)."""
 
     dataset: str
     archs: list[str]
@@ -48,6 +51,7 @@ class ArchitectureSummary:
     n_samples: int  # samples per image
     seed_spread: SeedSpread
     differences: dict[tuple[str, str], Difference]
+    paired: dict[tuple[str, str], SeedPairedDifference] = field(default_factory=dict)  # where seeds pair up
 
 
 def architecture_summary(R: Mapping[str, Mapping]) -> ArchitectureSummary:
@@ -78,14 +82,21 @@ def architecture_summary(R: Mapping[str, Mapping]) -> ArchitectureSummary:
                       ddof=1) for a in archs if R[a].get("replicates")]
     spread = SeedSpread(float(np.sqrt(np.mean(spreads))) if spreads else 0.0,
                         sum(1 + len(R[a]["replicates"]) for a in archs if R[a].get("replicates")))
-    differences = {}
+    differences, paired = {}, {}
+    by_seed = {a: {R[a]["inversion"].config["seed"]: lp[a],
+                   **{s: r.arrays("log_probs.npy")["array"] for s, r in R[a].get("replicates", {}).items()}}
+               for a in archs}
     for a, b in PAIRS:
         if a in lp and b in lp:
-            d, se = paired_difference(lp[a], lp[b])
-            differences[(a, b)] = Difference(d, difference_noise(se, spread.sd))
+            if len(set(by_seed[a]) & set(by_seed[b])) >= 2:  # common random numbers: one difference per seed
+                p = paired[(a, b)] = seed_paired_difference(by_seed[a], by_seed[b])
+                differences[(a, b)] = Difference(p.value, p.noise)
+            else:
+                d, se = paired_difference(lp[a], lp[b])
+                differences[(a, b)] = Difference(d, difference_noise(se, spread.sd))
     return ArchitectureSummary(dataset=dataset, archs=archs, accuracy=accuracy, nce=nce, bits_per_dim=bits, mse=mse,
                                kept=kept, kept_mse=kept_mse, n_images=n_images, n_samples=n_samples,
-                               seed_spread=spread, differences=differences)
+                               seed_spread=spread, differences=differences, paired=paired)
 
 
 def figure4(inputs: np.ndarray, per_arch: Mapping[str, tuple[np.ndarray, np.ndarray]], n_samples: int = 4,
@@ -143,7 +154,10 @@ def _nce_claims(s: ArchitectureSummary) -> list[Claim]:
     def row(a, b, claim):
         diff = s.differences[(a, b)]
         paper_gap = paper.ARCHITECTURES[a].fc3_nce - paper.ARCHITECTURES[b].fc3_nce
-        seeds = (f" (seed spread {s.seed_spread.sd:.2f} included)" if s.seed_spread.n_models else
+        p = s.paired.get((a, b))
+        seeds = (f" (mean over {p.n_seeds} seeds paired as common random numbers; treated as independent models "
+                 f"the noise would be {p.independent_noise:.2f})" if p else
+                 f" (seed spread {s.seed_spread.sd:.2f} included)" if s.seed_spread.n_models else
                  " (test-set s.e. only: no replicate seeds)")
         ok = decide(diff, +1)
         power = Power(diff.noise, paper_effect=paper_gap)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from inversion import paper
-from inversion.bounds import difference_noise, paired_difference
+from inversion.bounds import difference_noise, paired_difference, seed_paired_difference
 from inversion.reports.common import FIGURE_WIDTH_IN, REGIME_COLOURS, Claim, Difference, Estimate, Power, SeedSpread, \
     decide, layer_label, regime_label, undecided_why
 
@@ -41,6 +41,9 @@ class DynamicsSummary:
     log_probs: dict[str, dict[str, dict[int, np.ndarray]]]  # regime -> layer -> step -> [test images]
     accuracy: dict[str, dict[int, Accuracy]]  # regime -> step
     seed_spread: dict[str, SeedSpread]  # layer
+    # regime -> layer -> step -> seed -> [test images], every seed including the main one; empty unless the
+    # run paired its seeds (``paired_seeds``): then differences are per seed (common random numbers)
+    by_seed: dict = field(default_factory=dict)
 
 
 def dynamics_summary(R: Mapping) -> DynamicsSummary:
@@ -54,8 +57,24 @@ def dynamics_summary(R: Mapping) -> DynamicsSummary:
         nce[g] = {l: {t: Estimate(rr["nce"][l][t].metrics["nats"], rr["nce"][l][t].metrics["stderr"]) for t in steps}
                   for l in layers}
         log_probs[g] = {l: {t: rr["nce"][l][t].arrays("log_probs.npy")["array"] for t in steps} for l in layers}
+    by_seed = {}
+    for g, per_layer in (R.get("paired") or {}).items():
+        by_seed[g] = {l: {t: {R["regimes"][g]["inversion"][l][t].config["seed"]: log_probs[g][l][t],
+                              **{s: r.arrays("log_probs.npy")["array"] for s, r in reps.items()}}
+                          for t, reps in per_step.items()} for l, per_step in per_layer.items()}
     return DynamicsSummary(steps=steps, layers=layers, regimes=regimes, nce=nce, log_probs=log_probs,
-                           accuracy=accuracy, seed_spread={l: seed_spread(R, l) for l in layers})
+                           accuracy=accuracy, seed_spread={l: seed_spread(R, l) for l in layers}, by_seed=by_seed)
+
+
+def _difference(s: DynamicsSummary, layer: str, a: tuple[str, int], b: tuple[str, int]) -> Difference:
+    """NCE(regime a[0], step a[1]) − NCE(b) at ``layer`` with its noise: per seed as common random numbers
+    when the run paired its seeds (``seed_paired_difference``), else the main models' paired test-set s.e.
+    combined with the layer's seed spread (``difference_noise``)."""
+    if s.by_seed:
+        p = seed_paired_difference(s.by_seed[a[0]][layer][a[1]], s.by_seed[b[0]][layer][b[1]])
+        return Difference(p.value, p.noise)
+    d, se = paired_difference(s.log_probs[a[0]][layer][a[1]], s.log_probs[b[0]][layer][b[1]])
+    return Difference(d, difference_noise(se, s.seed_spread[layer].sd))
 
 
 def seed_spread(R: Mapping, layer: str) -> SeedSpread:
@@ -128,14 +147,14 @@ class RiseAndFall:
 
 def rise_and_fall(s: DynamicsSummary, regime: str, layer: str) -> RiseAndFall:
     steps = s.steps
-    lp = s.log_probs[regime][layer]
-    nats = [s.nce[regime][layer][t].value for t in steps]
+    if s.by_seed:  # the peak of the seed-averaged curve
+        per_seed = s.by_seed[regime][layer]
+        nats = [np.mean([lp.mean() for lp in per_seed[t].values()]) for t in steps]
+    else:
+        nats = [s.nce[regime][layer][t].value for t in steps]
     peak = steps[int(np.argmax(nats))]
-    sd = s.seed_spread[layer].sd
-    rise, rise_se = paired_difference(lp[peak], lp[steps[0]])
-    fall, fall_se = paired_difference(lp[steps[-1]], lp[peak])
-    rise = Difference(rise, difference_noise(rise_se, sd))
-    fall = Difference(fall, difference_noise(fall_se, sd))
+    rise = _difference(s, layer, (regime, peak), (regime, steps[0]))
+    fall = _difference(s, layer, (regime, steps[-1]), (regime, peak))
     return RiseAndFall(peak=peak, rise=rise, fall=fall,
                        shown=bool(peak not in (steps[0], steps[-1]) and rise.value > 2 * rise.noise
                                   and -fall.value > 2 * fall.noise))
@@ -163,8 +182,7 @@ def rise_and_fall_verdict(s: DynamicsSummary, r: RiseAndFall) -> tuple[bool | No
 def overfit_minus_regular(s: DynamicsSummary, layer: str) -> Difference:
     """The overfitted network's NCE minus the regular one's at the last checkpoint, paired, with its noise."""
     last = s.steps[-1]
-    d, se = paired_difference(s.log_probs["overfit"][layer][last], s.log_probs["regular"][layer][last])
-    return Difference(d, difference_noise(se, s.seed_spread[layer].sd))
+    return _difference(s, layer, ("overfit", last), ("regular", last))
 
 
 def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
@@ -176,7 +194,9 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
     steps = s.steps
     for l in s.layers:
         spread = s.seed_spread[l]
-        seeds = (f"; seed spread {spread.sd:.1f} nats over {spread.n_models} seeds" if spread.n_models > 1
+        seeds = (f"; means over {spread.n_models} seeds, each a paired difference (common random numbers)"
+                 if s.by_seed else
+                 f"; seed spread {spread.sd:.1f} nats over {spread.n_models} seeds" if spread.n_models > 1
                  else "; one seed (no spread measured)")
         if "regular" in s.regimes:
             r = rise_and_fall(s, "regular", l)
