@@ -12,7 +12,7 @@ from inversion.models.classifier import ARCHS
 from inversion.pipeline.cache import ref
 from inversion.pipeline.layers import CLASSIFIER, DECODER, NCE, SAMPLES, ClassifierSettings, DecoderSettings, \
     FigureSamples, InversionSettings, SamplingSettings, WidgetSettings, check_dataset, check_layers, inversion_ref, \
-    replicate_nces
+    replicate_nces, unconditional_nce_ref
 from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError, closest
 
@@ -83,6 +83,7 @@ def architectures_plan(P: Params) -> dict:
             "inversion": inv,
             "nce": ref(NCE, {"n_test": ev.n_test_nce}, classifier=clf, inversion=inv),
             "replicates": replicate_nces(A.replicate_seeds, ev.n_test_nce, inv),
+            **({"unconditional_nce": u} if (u := unconditional_nce_ref(A.inversion, A.dataset, ev.n_test_nce)) else {}),
             "decoder": ref(DECODER, {**asdict(A.decoder), "layer": layer, "n_test": ev.n_test_nce,
                                      "n_show": ev.n_images}, classifier=clf),
             "samples": ref(SAMPLES, {"n_images": ev.n_images, "n_samples": ev.n_samples, **asdict(A.sampling)},

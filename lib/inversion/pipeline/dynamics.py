@@ -17,7 +17,7 @@ from inversion.models.classifier import accuracy, load_classifier as load_classi
 from inversion.pipeline.cache import Context, ref, stage
 from inversion.pipeline.common import first, load_split
 from inversion.pipeline.layers import CLASSIFIER, NCE, ClassifierSettings, InversionSettings, check_dataset, \
-    check_layers, inversion_ref, replicate_nces
+    check_layers, inversion_ref, replicate_nces, unconditional_nce_ref
 from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError, to_plain, validate
 
@@ -134,7 +134,8 @@ def dynamics_plan(P: Params) -> dict:
 
     Returns {"steps": [...], "layers": [...], "regimes": {regime: {"classifier": ref,
     "snapshots": {step: ref}, "nce": {layer: {step: ref}}, "inversion": {layer: {step: ref}}}},
-    "replicates": {layer: {seed: nce ref}}, "paired": {regime: {layer: {step: {seed: nce ref}}}}}; the
+    "replicates": {layer: {seed: nce ref}}, "paired": {regime: {layer: {step: {seed: nce ref}}}},
+    "unconditional_nce": {layer: ref} (warm-started layers only: the NCE of the p(x) they start from)}; the
     replicates (``replicate_seeds``) are inversion models of the last snapshot of the first regime that
     differ only in their seed; "paired" (empty unless ``paired_seeds``) has them at every snapshot.
     """
@@ -167,6 +168,8 @@ def dynamics_plan(P: Params) -> dict:
     first_regime = next(iter(out["regimes"].values()))
     out["replicates"] = {layer: replicate_nces(S.replicate_seeds, n_test, first_regime["inversion"][layer][steps[-1]])
                          for layer in S.layers}
+    out["unconditional_nce"] = {layer: u for layer in S.layers if (u := unconditional_nce_ref(
+        P.section("dynamics", layer=layer).inversion, dataset, n_test)) is not None}
     out["paired"] = {regime: {layer: {step: replicate_nces(S.replicate_seeds, n_test, inv)
                                       for step, inv in R["inversion"][layer].items()}
                               for layer in S.layers}

@@ -585,7 +585,8 @@ def layers_plan(P: Params, dataset: str) -> dict:
     """Refs of §5.1 for one dataset: the classifier, and per layer the inversion model, its NCE, the MSE
     decoder, samples (Table 1, Fig. 1, widget), nearest neighbours; plus Fig. 2's many-sample draw.
 
-    Returns {"classifier": ref, "layers": {layer: {"inversion", "nce", "decoder", "samples", "neighbours"}},
+    Returns {"classifier": ref, "layers": {layer: {"inversion", "nce", "decoder", "samples", "neighbours",
+    and "unconditional_nce" when warm-started}},
     "figure2": ref (when figure2.layer is one of the layers)}."""
     S = P.section("layers", dataset)
     clf = ref(CLASSIFIER, {**asdict(S.classifier), "dataset": dataset})
@@ -604,6 +605,9 @@ def layers_plan(P: Params, dataset: str) -> dict:
             "neighbours": ref(NEIGHBOURS, {"layer": layer, "n_test": ev.n_images, "pool": ev.nn_pool,
                                            "k": max(ev.nn_k, S.figure2.top_k)}, classifier=clf),
         }
+        u = unconditional_nce_ref(L.inversion, dataset, ev.n_test_nce)
+        if u is not None:  # a warm start: the NCE of the p(x) it started from
+            plan["layers"][layer]["unconditional_nce"] = u
     f2 = S.figure2
     if f2.layer in plan["layers"]:
         inv = plan["layers"][f2.layer]["inversion"]

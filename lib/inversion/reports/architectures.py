@@ -52,6 +52,7 @@ class ArchitectureSummary:
     seed_spread: SeedSpread
     differences: dict[tuple[str, str], Difference]
     paired: dict[tuple[str, str], SeedPairedDifference] = field(default_factory=dict)  # where seeds pair up
+    gain: dict[str, Estimate] = field(default_factory=dict)  # NCE − log p(x) of the warm start's model (if any)
 
 
 def architecture_summary(R: Mapping[str, Mapping]) -> ArchitectureSummary:
@@ -96,7 +97,9 @@ def architecture_summary(R: Mapping[str, Mapping]) -> ArchitectureSummary:
                 differences[(a, b)] = Difference(d, difference_noise(se, spread.sd))
     return ArchitectureSummary(dataset=dataset, archs=archs, accuracy=accuracy, nce=nce, bits_per_dim=bits, mse=mse,
                                kept=kept, kept_mse=kept_mse, n_images=n_images, n_samples=n_samples,
-                               seed_spread=spread, differences=differences, paired=paired)
+                               seed_spread=spread, differences=differences, paired=paired,
+                               gain={a: Estimate(*paired_difference(lp[a], R[a]["unconditional_nce"].arrays(
+                                   "log_probs.npy")["array"])) for a in archs if "unconditional_nce" in R[a]})
 
 
 def figure4(inputs: np.ndarray, per_arch: Mapping[str, tuple[np.ndarray, np.ndarray]], n_samples: int = 4,

@@ -319,7 +319,8 @@ class Power:
         """"detectable: 4.0 nats or more; the paper's 4.46 nats: within reach" (or "below it")."""
         if not (self.noise > 0):
             return "no noise measured: nothing decidable"
-        out = f"detectable: {self.detectable:.1f}{self.unit} or more"
+        size = f"{self.detectable:.1f}" if self.detectable >= 1 else f"{self.detectable:.2g}"
+        out = f"detectable: {size}{self.unit} or more"
         if self.paper_effect is not None:
             out += (f"; the paper's {abs(self.paper_effect):.2f}{self.unit}: "
                     + ("within reach" if self.powered else "below it, too small for this run to see"))
@@ -401,6 +402,18 @@ def count_reproduced(claims: Iterable[Claim]) -> tuple[int, int]:
 def _commit(p: Mapping) -> str:
     dirty = {True: " (dirty)", False: "", None: " (?)"}[p.get("dirty")]
     return f"{str(p.get('commit', '?'))[:10]}{dirty}"
+
+
+def inversion_recipe(warm_start_steps: int) -> str:
+    """A chapter's sentence on how its inversion models were trained (the page says which recipe it used)."""
+    if not warm_start_steps:
+        return "The inversion models here are trained from scratch, the paper's recipe."
+    return (f"The inversion models here are warm-started (not the paper's recipe, which trains each from scratch): "
+            f"each begins as an unconditional PixelCNN++ of the same architecture, trained once for "
+            f"{warm_start_steps:,} steps on the dataset's images, with its conditioning at zero, so that training only "
+            "has to learn what h adds. Beside each NCE stands its gain over that unconditional model on the same "
+            "test images: with one model family, this difference estimates the information in h that such a model "
+            "can use (Xu et al. 2020).")
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:

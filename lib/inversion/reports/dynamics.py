@@ -44,6 +44,14 @@ class DynamicsSummary:
     # regime -> layer -> step -> seed -> [test images], every seed including the main one; empty unless the
     # run paired its seeds (``paired_seeds``): then differences are per seed (common random numbers)
     by_seed: dict = field(default_factory=dict)
+    # layer -> per-image log p(x) of the unconditional model the layer's inversion models were warm-started
+    # from (empty when they trained from scratch); ``gain`` is each NCE's paired difference to it
+    unconditional: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def gain(self, regime: str, layer: str, step: int) -> Estimate:
+        """What h adds at one snapshot: its NCE minus the unconditional model's, paired over the test images."""
+        d, se = paired_difference(self.log_probs[regime][layer][step], self.unconditional[layer])
+        return Estimate(d, se)
 
 
 def dynamics_summary(R: Mapping) -> DynamicsSummary:
@@ -62,8 +70,10 @@ def dynamics_summary(R: Mapping) -> DynamicsSummary:
         by_seed[g] = {l: {t: {R["regimes"][g]["inversion"][l][t].config["seed"]: log_probs[g][l][t],
                               **{s: r.arrays("log_probs.npy")["array"] for s, r in reps.items()}}
                           for t, reps in per_step.items()} for l, per_step in per_layer.items()}
+    unconditional = {l: r.arrays("log_probs.npy")["array"] for l, r in (R.get("unconditional_nce") or {}).items()}
     return DynamicsSummary(steps=steps, layers=layers, regimes=regimes, nce=nce, log_probs=log_probs,
-                           accuracy=accuracy, seed_spread={l: seed_spread(R, l) for l in layers}, by_seed=by_seed)
+                           accuracy=accuracy, seed_spread={l: seed_spread(R, l) for l in layers}, by_seed=by_seed,
+                           unconditional=unconditional)
 
 
 def _difference(s: DynamicsSummary, layer: str, a: tuple[str, int], b: tuple[str, int]) -> Difference:
@@ -192,6 +202,8 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
     written "± noise" below."""
     out = []
     steps = s.steps
+    noise_kind = ("spread of the per-seed paired differences and test-set s.e." if s.by_seed else
+                  "paired s.e. and seed spread")
     for l in s.layers:
         spread = s.seed_spread[l]
         seeds = (f"; means over {spread.n_models} seeds, each a paired difference (common random numbers)"
@@ -209,7 +221,7 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
                      f"then {r.fall.value:+.1f} ± {r.fall.noise:.1f} nats by {steps[-1]}{seeds}",
                 reproduced=ok, why=why, power=Power(max(r.rise.noise, r.fall.noise)),
                 criterion="an interior checkpoint beats step 0 and the last checkpoint, each by more than 2 × the "
-                          "noise of the difference (paired s.e. and seed spread); contradicted when the NCE moves "
+                          f"noise of the difference ({noise_kind}); contradicted when the NCE moves "
                           "away from an end point beyond its noise"))
         if {"regular", "overfit"} <= set(s.regimes):
             d = overfit_minus_regular(s, l)
@@ -221,7 +233,7 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
                 reproduced=ok, power=Power(d.noise),
                 why={True: None, None: undecided_why(d, " nats", 1),
                      False: "the overfitted network's NCE is lower, beyond the noise: it keeps less"}[ok],
-                criterion="NCE difference at the last checkpoint > 2 × its noise (paired s.e. and seed spread); "
+                criterion=f"NCE difference at the last checkpoint > 2 × its noise ({noise_kind}); "
                           "< −2 × noise: contradicted"))
     if {"regular", "overfit"} <= set(s.regimes):
         regular, overfit = s.accuracy["regular"][steps[-1]], s.accuracy["overfit"][steps[-1]]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from inversion import paper
+from inversion.bounds import paired_difference
 from inversion.reports.common import FIGURE_WIDTH_IN, Claim, Difference, Estimate, Power, dataset_label, decide, \
     image_grid, layer_label, undecided_why
 
@@ -156,6 +157,7 @@ class LayerSummary:
     pixel_l1: dict[str, float]  # mean |sample − input| per pixel, 0–1 scale
     own_vs_same_class: dict[str, OwnVsSameClass]
     figure2: Figure2Summary | None
+    gain: dict[str, Estimate] = field(default_factory=dict)  # NCE − log p(x) of the warm start's model (if any)
 
 
 def ratio_stderr(a: np.ndarray, b: np.ndarray) -> Estimate:
@@ -218,7 +220,9 @@ def layer_summary(dataset: str, res: Mapping) -> LayerSummary:
         nn_of=m[layers[0]]["nn_of"],
         agreement={l: m[l]["class_agreement"] for l in layers},
         pixel_l1={l: m[l]["pixel_l1"] for l in layers},
-        own_vs_same_class=style, figure2=figure2)
+        own_vs_same_class=style, figure2=figure2,
+        gain={l: Estimate(*paired_difference(lp[l], R[l]["unconditional_nce"].arrays("log_probs.npy")["array"]))
+              for l in layers if "unconditional_nce" in R[l]})
 
 
 def biggest_drop(s: LayerSummary) -> LayerStep:
