@@ -26,7 +26,7 @@ def summary(dataset="mnist", accuracy=0.994, drops=(-300.0, -50.0, -10.0), drop_
         nce={l: Estimate(float(v), 1.0) for l, v in zip(LAYERS, nce)},
         bits_per_dim={l: 1.0 for l in LAYERS}, relative={l: Estimate(1.0, 0.01) for l in LAYERS},
         steps=[LayerStep(a, b, d, drop_se) for a, b, d in zip(LAYERS, LAYERS[1:], drops)],
-        mse=dict(zip(LAYERS, mse)), table1=table1, nn_of=10, agreement={l: 0.9 for l in LAYERS},
+        mse=dict(zip(LAYERS, mse)), mse_train=dict(zip(LAYERS, mse)), table1=table1, nn_of=10, agreement={l: 0.9 for l in LAYERS},
         pixel_l1=dict(zip(LAYERS, pixel)), own_vs_same_class={l: OwnVsSameClass(*style) for l in LAYERS},
         figure2=Figure2Summary("fc3", 64, 4, *figure2, 3) if figure2 else None)
 

@@ -313,10 +313,13 @@ def evaluate_unconditional_nce(ctx: Context) -> dict:
     return s.as_dict()
 
 
-@stage("decoder", "1", DecoderStageConfig, deps=("classifier",), checkpoints=("model.pt",),
+@stage("decoder", "2", DecoderStageConfig, deps=("classifier",), checkpoints=("model.pt",),
        data_parallel=True)
 def train_decoder_stage(ctx: Context) -> dict:
-    """Train the MSE decoder baseline x_hat = f(h) (eq. 3) on one layer; test MSE and reconstructions."""
+    """Train the MSE decoder baseline x_hat = f(h) (eq. 3) on one layer; its MSE on test images and on as
+    many of its training images (how well it fits: a test MSE far above the training MSE is overfitting, both
+    high underfitting), and reconstructions. Version 2: the spatial decoder up-samples by transposed
+    convolutions (``inversion.models.decoders``)."""
     c = ctx.config
     dataset, clf, x_tr, h_tr = layer_training_pairs(ctx)
     x_va = load_split(dataset, "valid")[0][: c.n_valid]
@@ -328,13 +331,14 @@ def train_decoder_stage(ctx: Context) -> dict:
     x_te, _ = test_split(dataset, c.n_test)
     h_te = features(clf, x_te, c.layer, ctx.device)
     mse = evaluate_mse(dec, h_te, x_te)
+    train_mse = evaluate_mse(dec, h_tr[: len(x_te)], x_tr[: len(x_te)])
     n_show = min(c.n_show, len(x_te))
     recon = dec.reconstruct(h_te[:n_show].to(ctx.device)).cpu()
     ctx.save_npz("reconstructions.npz", images=recon.numpy(), test_index=np.arange(n_show))
     torch.save(dec.state_dict(), ctx.out / "model.pt")
     shutil.copy(ctx.work / "config.json", ctx.out / "config.json")
     ctx.log(f"test MSE {mse:.5f}")
-    return dict(test_mse=mse, steps=res.step, train_seconds=res.seconds, best_step=res.best_step, history=res.history)
+    return dict(test_mse=mse, train_mse=train_mse, steps=res.step, train_seconds=res.seconds, best_step=res.best_step, history=res.history)
 
 
 @stage("samples", "2", SamplesConfig, deps=("classifier", "inversion"))

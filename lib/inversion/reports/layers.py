@@ -151,6 +151,7 @@ class LayerSummary:
     relative: dict[str, Estimate]  # NCE / |NCE(first layer)|, paired (delta method)
     steps: list[LayerStep]  # consecutive layers
     mse: dict[str, float]  # the MSE decoder's test MSE
+    mse_train: dict[str, float]  # its MSE on as many training images: far below the test MSE is overfitting
     table1: dict[str, Table1Distances]
     nn_of: int  # IM-NN: the closest of this many samples
     agreement: dict[str, float]  # fraction of samples classified like their input
@@ -215,6 +216,7 @@ def layer_summary(dataset: str, res: Mapping) -> LayerSummary:
         relative={l: ratio_stderr(lp[l], lp[layers[0]]) for l in layers},
         steps=steps,
         mse={l: R[l]["decoder"].metrics["test_mse"] for l in layers},
+        mse_train={l: R[l]["decoder"].metrics["train_mse"] for l in layers},
         table1={l: Table1Distances(nn1=R[l]["neighbours"].metrics["nn1"], im_s=m[l]["im_s"], im_nn=m[l]["im_nn"])
                 for l in layers},
         nn_of=m[layers[0]]["nn_of"],
