@@ -75,6 +75,7 @@ def main(argv=None):
     ap.add_argument("--params", default="quick")
     ap.add_argument("--warm-steps", type=int, default=1500, help="steps of the unconditional model (0: skip warm)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="replicate seeds beside the main one")
+    ap.add_argument("--layers", nargs="+", default=None, help="§5.3 layers to measure (default: the set's)")
     args = ap.parse_args(argv)
     if args.warm_steps < 0:
         ap.error(f"--warm-steps must be >= 0, got {args.warm_steps}")
@@ -85,6 +86,8 @@ def main(argv=None):
         over = {"replicate_seeds": args.seeds, "inversion": {"warm_start_steps": warm}}
         if args.section == "dynamics":
             over["paired_seeds"] = True
+            if args.layers:
+                over["layers"] = args.layers
         P = pipeline.load_params(args.params, {args.section: over})
         cache = pipeline.Cache(P, compute=True)
         fn = dynamics_rows if args.section == "dynamics" else architectures_rows
@@ -97,7 +100,8 @@ def main(argv=None):
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     lines = [f"# Noise of the {args.section} NCE differences: independent models vs paired seeds",
              "", f"`python bench/noise_methods.py --section {args.section} --params {args.params} "
-                 f"--warm-steps {args.warm_steps} --seeds {' '.join(map(str, args.seeds))}`", "",
+                 f"--warm-steps {args.warm_steps} --seeds {' '.join(map(str, args.seeds))}"
+                 + (f" --layers {' '.join(args.layers)}" if args.layers else "") + "`", "",
              "Noise = the standard deviation of the difference (nats); decided when |value| > 2 × noise.", "",
              C.markdown_table(["recipe", "layer", "difference", "independent: value ± noise", "paired: value ± noise",
                                "noise ratio"],

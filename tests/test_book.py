@@ -120,6 +120,11 @@ def test_book_builds_with_every_chapter_and_nothing_remote(built):
         shown = html.unescape(re.sub(r"<[^>]+>", "", page))
         assert 'params = "smoke"' not in shown and "compute = True" not in shown, f"{name}: a parameters cell is shown"
     assert "Run: parameter set smoke" in layers, "figures carry their provenance"
+    for name, page in pages.items():  # every figure numbered by chapter, with a caption
+        figures = page.count("<figure")
+        numbered = re.findall(r'<span class="caption-number">Fig\. (\d+)\.(\d+) </span>', page)
+        assert len(numbered) == figures, f"{name}: {figures} figures, {len(numbered)} numbered captions"
+    assert len(re.findall(r'class="caption-number">Fig\. 2\.', layers)) == 3, "Fig. 1, 5a and 2 of the paper"
     # a number in the prose is the run's number (glued from the stage result, not typed)
     from inversion import pipeline
     from inversion.pipeline.layers import layers_plan
