@@ -413,7 +413,8 @@ def inversion_recipe(warm_start_steps: int) -> str:
             f"{warm_start_steps:,} steps on the dataset's images, with its conditioning at zero, so that training only "
             "has to learn what h adds. Beside each NCE stands its gain over that unconditional model on the same "
             "test images: with one model family, this difference estimates the information in h that such a model "
-            "can use (Xu et al. 2020).")
+            "can use (Xu et al. 2020). A negative gain means that training cost the model more than h gave it: "
+            "it is then worse than p(x), and its NCE says little about the layer.")
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:
