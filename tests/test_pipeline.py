@@ -414,7 +414,8 @@ def test_the_registry_is_explicit_and_complete():
     stages = plans.STAGES
     assert set(stages) == {"toy_bound", "classifier", "snapshot", "inversion", "nce", "decoder", "samples",
                            "neighbours", "estimates", "estimator_sweep", "flow_inversion", "vae_inversion",
-                           "gan_inversion", "supervised_vae", "inverter_eval"}
+                           "gan_inversion", "supervised_vae", "inverter_eval", "unconditional", "warm_inversion",
+                           "unconditional_nce"}
     assert all(s.name == name for name, s in stages.items())
     for name in ("smoke", "quick", "paper"):
         for r in iter_refs(plans.plan(pipeline.load_params(name))):
@@ -533,7 +534,8 @@ def test_paired_seeds_train_every_compared_model_with_every_seed():
     first = next(iter(dyn["regimes"]))
     assert {s: r.key for s, r in dyn["paired"][first][dyn["layers"][0]][last].items()} == \
            {s: r.key for s, r in dyn["replicates"][dyn["layers"][0]].items()}, "the spread's models are reused"
-    assert plans.plan(pipeline.load_params("smoke"), ["dynamics"])["dynamics"]["paired"] == {}
+    unpaired = pipeline.load_params("smoke", {"dynamics": {"paired_seeds": False}})
+    assert plans.plan(unpaired, ["dynamics"])["dynamics"]["paired"] == {}
     with pytest.raises(ConfigError, match="paired_seeds: true needs replicate_seeds"):
         pipeline.load_params("smoke", {"dynamics": {"paired_seeds": True, "replicate_seeds": []}}).section("dynamics")
     with pytest.raises(ConfigError, match="a replicate needs a seed of its own"):
