@@ -3,8 +3,8 @@
 In the style of Dosovitskiy & Brox (2016), "Inverting visual representations with convolutional networks":
 a vector representation (FC3, LOGITS, FC1/FC2) goes through a linear layer to a small spatial map that is
 up-sampled twice by 4x4 stride-2 transposed convolutions; a spatial one (CONV1, CONV2) goes through two 3x3
-convolutions at its own resolution and is up-sampled the same way, by as many 2x steps as reach the image
-size, each followed by a 3x3 convolution. (An earlier version resized the map bilinearly to the image size
+convolutions at its own resolution and is up-sampled the same way, by as many 2x steps as fit in the image,
+each followed by a 3x3 convolution, and resized bilinearly the rest of the way before the output convolution. (An earlier version resized the map bilinearly to the image size
 and refined it with two 3x3 convolutions there: their 5x5-pixel reach could not draw a stroke inside one
 7x7-pixel cell of MNIST's 4x4 CONV2 map, so that decoder underfit CONV2, and its error did not rise with
 depth for the decoder's sake, not the layer's.) LeakyReLU(0.2) throughout, as in that paper; a sigmoid puts the output in pixel space
@@ -95,9 +95,10 @@ class MSEDecoder(nn.Module):
             self.conv2 = nn.Conv2d(nf, nf, 3, padding=1)
             width = nf
         else:
-            # 2x up-samplings from the map to at least the image size (MNIST CONV2 4x4: 3, to 32 -> 28)
-            ratio = max(H / context_shape[1], W / context_shape[2])
-            n_up = max(0, math.ceil(math.log2(ratio) - 1e-9))
+            # 2x up-samplings while they stay within the image (MNIST CONV2 4x4: 2, to 16; CONV1 12x12: 1, to
+            # 24); the last few pixels by a bilinear resize of the features, before the output convolution
+            ratio = min(H / context_shape[1], W / context_shape[2])
+            n_up = max(0, math.floor(math.log2(ratio) + 1e-9))
             width = 2 * nf
             self.conv_in = nn.Conv2d(context_shape[0], width, 3, padding=1)
             self.conv_map = nn.Conv2d(width, width, 3, padding=1)
@@ -141,6 +142,8 @@ class MSEDecoder(nn.Module):
             y = act(self.conv_map(act(self.conv_in(h))))
             for up, conv in zip(self.ups, self.up_convs):
                 y = act(conv(act(up(y))))
+            if tuple(y.shape[2:]) != self.image_shape[1:]:
+                y = F.interpolate(y, size=self.image_shape[1:], mode="bilinear", align_corners=False)
         y = self.out(y)
         if tuple(y.shape[2:]) != self.image_shape[1:]:
             y = F.interpolate(y, size=self.image_shape[1:], mode="bilinear", align_corners=False)
