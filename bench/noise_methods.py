@@ -76,14 +76,18 @@ def main(argv=None):
     ap.add_argument("--warm-steps", type=int, default=1500, help="steps of the unconditional model (0: skip warm)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="replicate seeds beside the main one")
     ap.add_argument("--layers", nargs="+", default=None, help="§5.3 layers to measure (default: the set's)")
+    ap.add_argument("--warm-lr", type=float, default=None, help="learning rate of the warm models' conditional "
+                    "phase (default: the set's lr)")
     args = ap.parse_args(argv)
     if args.warm_steps < 0:
         ap.error(f"--warm-steps must be >= 0, got {args.warm_steps}")
-    recipes = [("from scratch", 0)] + ([(f"warm start ({args.warm_steps} steps of p(x))", args.warm_steps)]
+    lr = f", lr {args.warm_lr:g}" if args.warm_lr else ""
+    recipes = [("from scratch", 0)] + ([(f"warm start ({args.warm_steps} steps of p(x){lr})", args.warm_steps)]
                                        if args.warm_steps else [])
     rows, costs, t0 = [], [], time.time()
     for label, warm in recipes:
-        over = {"replicate_seeds": args.seeds, "inversion": {"warm_start_steps": warm}}
+        over = {"replicate_seeds": args.seeds, "inversion": {"warm_start_steps": warm,
+                                                             **({"warm_start_lr": args.warm_lr} if warm else {})}}
         if args.section == "dynamics":
             over["paired_seeds"] = True
             if args.layers:
@@ -94,14 +98,16 @@ def main(argv=None):
         r, c = fn(P, cache, label)
         rows += r
         costs.append(c)
-    out = REPO / "bench" / "results" / f"noise_methods-{args.params}-{args.section}"
+    out = REPO / "bench" / "results" / (f"noise_methods-{args.params}-{args.section}"
+                                         + (f"-warm-lr-{args.warm_lr:g}" if args.warm_lr else ""))
     payload = dict(section=args.section, params=args.params, seeds=args.seeds, warm_steps=args.warm_steps,
                    rows=rows, costs=costs, wall_s=time.time() - t0)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     lines = [f"# Noise of the {args.section} NCE differences: independent models vs paired seeds",
              "", f"`python bench/noise_methods.py --section {args.section} --params {args.params} "
                  f"--warm-steps {args.warm_steps} --seeds {' '.join(map(str, args.seeds))}"
-                 + (f" --layers {' '.join(args.layers)}" if args.layers else "") + "`", "",
+                 + (f" --layers {' '.join(args.layers)}" if args.layers else "")
+                 + (f" --warm-lr {args.warm_lr:g}" if args.warm_lr else "") + "`", "",
              "Noise = the standard deviation of the difference (nats); decided when |value| > 2 × noise.", "",
              C.markdown_table(["recipe", "layer", "difference", "independent: value ± noise", "paired: value ± noise",
                                "noise ratio"],

@@ -496,6 +496,14 @@ def test_warm_start_plans_share_one_unconditional_model_and_leave_from_scratch_k
     assert unconditional_nce_ref(pipeline.load_params("smoke").section("layers", "mnist").inversion, "mnist", 32) is None
     with pytest.raises(ConfigError, match="warm_start_steps"):
         pipeline.load_params("smoke", {"layers": {"inversion": {"warm_start_steps": -1}}}).section("layers", "mnist")
+    # a learning rate of its own for the conditional phase: the warm models change, their start does not
+    slow = plans.plan(pipeline.load_params("smoke", {"layers": {"inversion": {"warm_start_steps": 7,
+                                                                             "warm_start_lr": 1e-4}}}), ["layers"])
+    inv_slow, inv_w = slow["layers"]["mnist"]["layers"]["fc3"]["inversion"], lay_warm["fc3"]["inversion"]
+    assert inv_slow.config["lr"] == 1e-4 and inv_w.config["lr"] == inv_w.deps["unconditional"].config["lr"] != 1e-4
+    assert inv_slow.deps["unconditional"].key == inv_w.deps["unconditional"].key
+    with pytest.raises(ConfigError, match="warm_start_lr"):
+        pipeline.load_params("smoke", {"layers": {"inversion": {"warm_start_lr": 0}}}).section("layers", "mnist")
 
 
 def test_a_warm_started_model_is_the_unconditional_one_until_it_trains(tmp_path):

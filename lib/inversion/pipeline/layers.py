@@ -34,6 +34,7 @@ from inversion.models.classifier import Classifier, ClassifierConfig, accuracy, 
     train_classifier
 from inversion.models.decoders import DecoderConfig, MSEDecoder, evaluate_mse, train_decoder
 from inversion.models.pixelcnn import PixelCNNConfig, PixelCNNpp, train_pixelcnn
+from inversion.training import check_field
 from inversion.models.sampling import METHODS as SAMPLING_METHODS, draw
 from inversion.pipeline.cache import Context, Ref, ref, stage
 from inversion.pipeline.common import features, features_and_logits, first, load_classifier, load_inversion, \
@@ -100,13 +101,18 @@ class InversionSettings(PixelCNNRun):
     paper's recipe; N > 0 starts it from the dataset's unconditional PixelCNN++ of the same architecture and
     training settings, trained once for N steps (seed 0) and shared by every layer, network and snapshot
     of the section, with the conditioning at zero: at step 0 the model is exactly p(x), and its training
-    only has to learn what h adds (``inversion_ref``)."""
+    only has to learn what h adds (``inversion_ref``). ``warm_start_lr``: the learning rate of that
+    conditional phase (None: ``lr``, which the unconditional model trains with); fine-tuning a trained model
+    usually wants a smaller one."""
 
     warm_start_steps: int = 0
+    warm_start_lr: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
         _check_at_least("warm_start_steps", self.warm_start_steps, 0)
+        if self.warm_start_lr is not None:
+            check_field(self, "warm_start_lr", float, lambda v: v > 0, "a number > 0 (or null: lr)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -551,9 +557,11 @@ def inversion_ref(settings: InversionSettings, layer: str, clf: Ref, dataset: st
     ``inversion`` stage) or, with ``warm_start_steps`` > 0, from ``unconditional_ref`` (``warm_inversion``).
     Every plan builds its inversion models here."""
     cfg = {**asdict(settings), "layer": layer}
+    warm_lr = cfg.pop("warm_start_lr")
     if not cfg.pop("warm_start_steps"):
         return ref(INVERSION, cfg, classifier=clf)
-    return ref(WARM_INVERSION, cfg, classifier=clf, unconditional=unconditional_ref(settings, dataset))
+    return ref(WARM_INVERSION, {**cfg, "lr": warm_lr or cfg["lr"]}, classifier=clf,
+               unconditional=unconditional_ref(settings, dataset))
 
 
 def unconditional_ref(settings: InversionSettings, dataset: str) -> Ref:
@@ -561,6 +569,7 @@ def unconditional_ref(settings: InversionSettings, dataset: str) -> Ref:
     ``warm_start_steps`` steps, seed 0, on ``dataset``'s training images (one per dataset and settings)."""
     cfg = asdict(settings)
     steps = cfg.pop("warm_start_steps")
+    cfg.pop("warm_start_lr")
     return ref(UNCONDITIONAL, {**cfg, "steps": steps, "seed": 0, "dataset": dataset})
 
 
