@@ -8,7 +8,7 @@ parameter set, with the CPU time each costs.
     python bench/noise_methods.py --section architectures [--params quick] [--warm-steps 1500] [--seeds 1 2]
 
 The stages go through the parameter set's stage cache (shared with the book: what the book computed is
-reused, what this computes the book can reuse). Writes bench/results/noise_methods-<set>-<section>.{json,md}.
+reused, what this computes the book can reuse). Writes bench/results/noise_methods-<set>-<section>[-warm-lr-<lr>].{json,md}.
 """
 
 from __future__ import annotations
@@ -98,11 +98,11 @@ def main(argv=None):
         r, c = fn(P, cache, label)
         rows += r
         costs.append(c)
-    out = REPO / "bench" / "results" / (f"noise_methods-{args.params}-{args.section}"
-                                         + (f"-warm-lr-{args.warm_lr:g}" if args.warm_lr else ""))
+    name = f"noise_methods-{args.params}-{args.section}" + (f"-warm-lr-{args.warm_lr:.0e}" if args.warm_lr else "")
+    out = REPO / "bench" / "results" / name
     payload = dict(section=args.section, params=args.params, seeds=args.seeds, warm_steps=args.warm_steps,
                    rows=rows, costs=costs, wall_s=time.time() - t0)
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    out.parent.joinpath(name + ".json").write_text(json.dumps(payload, indent=1))
     lines = [f"# Noise of the {args.section} NCE differences: independent models vs paired seeds",
              "", f"`python bench/noise_methods.py --section {args.section} --params {args.params} "
                  f"--warm-steps {args.warm_steps} --seeds {' '.join(map(str, args.seeds))}"
@@ -119,7 +119,7 @@ def main(argv=None):
              C.markdown_table(["recipe", "seeds", "CPU min, independent design", "CPU min, paired design"],
                               [(c["recipe"], c["n_seeds"], f"{c['independent_minutes']:.1f}",
                                 f"{c['paired_minutes']:.1f}") for c in costs])]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.parent.joinpath(name + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
