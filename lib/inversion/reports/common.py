@@ -89,11 +89,12 @@ def smallest_text_px(fig, column_px: int = COLUMN_PX, width_in: float | None = N
 
     A figure's PNG is ``width x DPI`` px wide; the page shows it at that size, or scaled down to the
     column's width when wider. Text drawn at s points is then s / 72 x DPI x min(1, column / width) px.
-    ``width_in``: the width of the image ``fig`` is shown in, when it is part of a wider one.
+    ``width_in``: the width of the image ``fig`` is shown in, when the caller has drawn it and measured that
+    (``shown_width_in``, or the widest of the figures it is stacked with); otherwise it is measured here.
     """
     import matplotlib.text
 
-    width_in = max(width_in or 0.0, shown_width_in(fig))
+    width_in = width_in if width_in is not None else shown_width_in(fig)
     scale = min(1.0, column_px / (width_in * DPI))
     sizes = [(t.get_fontsize() / 72 * DPI * scale, t.get_text()) for t in fig.findobj(matplotlib.text.Text)
              if t.get_visible() and t.get_text().strip() and _drawn(t)]
@@ -129,7 +130,7 @@ def figure_png(*figs, gap_px: int = 12) -> bytes:
 
     from PIL import Image
 
-    parts, widest = [], max((shown_width_in(f) for f in figs), default=0.0)
+    parts, widest = [], max((shown_width_in(f) for f in figs), default=0.0)  # draws each figure once
     for i, fig in enumerate(figs):
         check_legible(fig, f"part {i + 1} of {len(figs)} of the figure", width_in=widest)
         buf = io.BytesIO()
