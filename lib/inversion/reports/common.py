@@ -193,7 +193,7 @@ def _show(ax, img, frame=None):
 
 
 def image_grid(columns: Sequence[tuple[str, np.ndarray]], groups: Sequence[tuple[str, int]] | None = None,
-               frames: Sequence[str | None] | None = None, cell: float = 0.52, title: str | None = None,
+               frames: Sequence[str | None] | None = None, cell: float = 0.5, title: str | None = None,
                row_labels: Sequence[str] | None = None, max_width_px: int | None = None, lead: int = 0):
     """A grid of images: ``columns`` is a list of (column title, images [rows, C, H, W]).
 
