@@ -552,25 +552,27 @@ def check_layers(layers, arch: str, where: str) -> None:
                               f"{closest(layer, valid)}")
 
 
+def _pixelcnn_run(settings: InversionSettings) -> dict:
+    """The settings as a ``PixelCNNRun`` config: without the warm-start fields, which only choose the stage."""
+    return {k: v for k, v in asdict(settings).items() if k not in ("warm_start_steps", "warm_start_lr")}
+
+
 def inversion_ref(settings: InversionSettings, layer: str, clf: Ref, dataset: str) -> Ref:
     """The inversion model of ``layer`` of classifier ``clf`` with these settings: trained from scratch (the
     ``inversion`` stage) or, with ``warm_start_steps`` > 0, from ``unconditional_ref`` (``warm_inversion``).
     Every plan builds its inversion models here."""
-    cfg = {**asdict(settings), "layer": layer}
-    warm_lr = cfg.pop("warm_start_lr")
-    if not cfg.pop("warm_start_steps"):
+    cfg = {**_pixelcnn_run(settings), "layer": layer}
+    if not settings.warm_start_steps:
         return ref(INVERSION, cfg, classifier=clf)
-    return ref(WARM_INVERSION, {**cfg, "lr": warm_lr or cfg["lr"]}, classifier=clf,
+    return ref(WARM_INVERSION, {**cfg, "lr": settings.warm_start_lr or settings.lr}, classifier=clf,
                unconditional=unconditional_ref(settings, dataset))
 
 
 def unconditional_ref(settings: InversionSettings, dataset: str) -> Ref:
     """The unconditional PixelCNN++ that warm starts begin from: the settings' architecture and training,
     ``warm_start_steps`` steps, seed 0, on ``dataset``'s training images (one per dataset and settings)."""
-    cfg = asdict(settings)
-    steps = cfg.pop("warm_start_steps")
-    cfg.pop("warm_start_lr")
-    return ref(UNCONDITIONAL, {**cfg, "steps": steps, "seed": 0, "dataset": dataset})
+    return ref(UNCONDITIONAL, {**_pixelcnn_run(settings), "steps": settings.warm_start_steps, "seed": 0,
+                               "dataset": dataset})
 
 
 def unconditional_nce_ref(settings: InversionSettings, dataset: str, n_test: int) -> Ref | None:
