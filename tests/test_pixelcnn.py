@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from inversion.models.pixelcnn import PixelCNNConfig, PixelCNNpp, _WeightNormed, train_pixelcnn
+from inversion.models.pixelcnn import Dropout, PixelCNNConfig, PixelCNNpp, _WeightNormed, train_pixelcnn
 from inversion.models.sampling import draw, sample
 
 CASES = [("softmax", 1), ("softmax", 3), ("logistic_mixture", 3), ("logistic_mixture", 1)]
@@ -500,3 +500,36 @@ def test_start_from_is_exactly_the_unconditional_model_and_then_learns_h(likelih
         PixelCNNpp((3, 6, 6), context_shape, **{**kw, "n_filters": 4}).start_from(u)
     with pytest.raises(ValueError, match="unconditional model"):
         PixelCNNpp((3, 6, 6), context_shape, **kw).start_from(c)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_dropout_is_nn_dropout_in_distribution(p, dtype):
+    """The cheaper dropout keeps each unit with probability 1 - p and scales by 1 / (1 - p), in the input's
+    dtype; gradients flow through the kept units only, with the same scale; eval mode and p = 0 are the identity."""
+    torch.manual_seed(0)
+    x = (torch.rand(200_000, dtype=torch.float64) + 0.5).to(dtype).requires_grad_(True)
+    y = Dropout(p).train()(x)
+    assert y.dtype == dtype
+    kept = y != 0
+    n = x.numel()
+    # the kept fraction within 5 binomial standard deviations of 1 - p (a rate off by 0.003 fails at p = 0.2)
+    assert abs(kept.double().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    # kept values are the input times 1 / (1 - p), to the input dtype's rounding
+    eps = torch.finfo(dtype).eps
+    scale = torch.where(kept, torch.tensor(1 / (1 - p), dtype=torch.float64), 0.0)
+    assert torch.allclose(y.detach().double(), x.detach().double() * scale, rtol=eps, atol=0)
+    y.sum().backward()
+    assert torch.allclose(x.grad.double(), scale, rtol=eps, atol=0)
+    assert Dropout(p).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+
+
+def test_dropout_masks_differ_between_calls_and_follow_the_seed():
+    x = torch.ones(10_000)
+    torch.manual_seed(3)
+    a, b = Dropout(0.5).train()(x), Dropout(0.5).train()(x)
+    torch.manual_seed(3)
+    assert not torch.equal(a, b) and torch.equal(Dropout(0.5).train()(x), a)
+    with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\)"):
+        Dropout(1.0)
