@@ -5,6 +5,7 @@ command line (including its alias ``python -m inversion.stages``)."""
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -238,6 +239,9 @@ def test_command_line_runs_lists_and_shows(tmp_path):
     assert "1 stages computed" in out.stdout
     out = run("list", "--params", "smoke", "--only", "background")
     assert "1/1 stages cached" in out.stdout
+    out = run("costs", "--params", "smoke", "--only", "background")
+    assert out.returncode == 0 and re.search(r"^  toy_bound +\d+\.\d min +1 stages$", out.stdout, re.M), out.stdout
+    assert "1/1 stages cached" in out.stdout
     key = plans.plan(pipeline.load_params("smoke"), ["background"])["background"]["toy"].key
     out = run("show", "--params", "smoke", key)
     info = json.loads(out.stdout)
@@ -286,6 +290,25 @@ def test_wall_time_excludes_dependencies_computed_on_the_way(cache):
     res = cache.result(r)  # computes the slow dependency from inside
     assert res.provenance["wall_s"] < 0.2
     assert cache.result(r.deps["slow"]).provenance["wall_s"] >= 0.3
+
+
+def test_plan_costs_count_each_stage_once_in_the_first_part_that_needs_it(cache):
+    shared = ref(PRODUCER, {"value": 4})
+    a, b = ref(CONSUMER, {"offset": 1}, producer=shared), ref(CONSUMER, {"offset": 2}, producer=shared)
+    missing = ref(CONSUMER, {"offset": 3}, producer=ref(PRODUCER, {"value": 5}))
+    cache.result(a)
+    cache.result(b)
+    the_plan = {"background": {"a": a}, "layers": {"mnist": {"b": b, "m": missing}}}
+    costs = {(c.part, c.stage): c for c in plans.plan_costs(the_plan, cache)}
+    assert set(costs) == {("background", "_test_producer"), ("background", "_test_consumer"),
+                          ("layers:mnist", "_test_consumer"), ("layers:mnist", "_test_producer")}
+    assert (costs["background", "_test_producer"].n, costs["background", "_test_producer"].cached) == (1, 1)
+    # b's producer is a's: counted in background only; the missing chain counts, cached 0 of it
+    assert (costs["layers:mnist", "_test_consumer"].n, costs["layers:mnist", "_test_consumer"].cached) == (2, 1)
+    assert (costs["layers:mnist", "_test_producer"].n, costs["layers:mnist", "_test_producer"].cached) == (1, 0)
+    wall = cache.result(b).provenance["wall_s"]
+    assert costs["layers:mnist", "_test_consumer"].seconds == pytest.approx(wall)
+    assert costs["layers:mnist", "_test_producer"].seconds == 0.0
 
 
 @pytest.mark.parametrize("name", ["smoke", "quick", "paper"])

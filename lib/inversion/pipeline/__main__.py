@@ -6,6 +6,7 @@
     torchrun --nproc_per_node=4 -m inversion.pipeline run --params paper --device cuda   # data-parallel
     python -m inversion.pipeline list   --params quick          # every stage of the set: cached or missing
     python -m inversion.pipeline show   --params quick KEY      # a result.json
+    python -m inversion.pipeline costs  --params quick          # CPU time per section and stage kind
     python -m inversion.pipeline stages                         # every kind of stage, its version and config
     python -m inversion.pipeline pack   --params paper results.tgz   # finished results, no checkpoints
     python -m inversion.pipeline unpack --params paper results.tgz   # merge them into this machine's cache
@@ -30,7 +31,7 @@ from inversion import distributed
 
 from inversion.pipeline.cache import CACHE_ENV, Cache, iter_refs, pack, unpack
 from inversion.pipeline.engine import Job, StageFailed, connect, run_parallel
-from inversion.pipeline.plans import STAGES, available, load_params, plan
+from inversion.pipeline.plans import STAGES, available, load_params, plan, plan_costs
 from inversion.pipeline.schema import ConfigError
 
 
@@ -55,6 +56,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                           "own; with workers, the cores divided among them). Results are bitwise equal between "
                           "runs with equal threads per process; otherwise equal up to float rounding")
     sub.add_parser("list", parents=[common], help="list the stages of the set with their cache status")
+    sub.add_parser("costs", parents=[common], help="wall time of the cached stages, per section and stage kind "
+                   "(from their provenance; each stage counted once, in the first section needing it)")
     show = sub.add_parser("show", parents=[common], help="print the result.json of a stage (key or dirname)")
     show.add_argument("key")
     sub.add_parser("stages", help="every kind of stage: name, version, consumed stages, config with defaults")
@@ -105,6 +108,9 @@ def _run(args) -> int:
             print(f"{cache.status(r):22s} {r.describe()}")
         print(f"{sum(cache.has(r) for r in rows)}/{len(rows)} stages cached in {cache.root}")
         return 0
+    if args.cmd == "costs":
+        print(_costs_table(plan_costs(the_plan, cache)))
+        return 0
     if args.cmd == "pack":
         names = pack(cache, Path(args.archive), args.with_checkpoints)
         print(f"packed {len(names)} stage results of {cache.root} into {args.archive}")
@@ -145,6 +151,23 @@ def _run(args) -> int:
               f"{time.perf_counter() - t0:.0f} s; results in {cache.root}"
               + (f"; {cache.group.world_size} processes (torchrun)" if cache.group else ""))
     return 0
+
+
+def _costs_table(costs) -> str:
+    """One line per part and stage kind, a subtotal per part, and the total, in minutes."""
+    lines, total, n, cached = [], 0.0, 0, 0
+    for part in dict.fromkeys(c.part for c in costs):
+        mine = [c for c in costs if c.part == part]
+        sec = sum(c.seconds for c in mine)
+        total += sec
+        n += sum(c.n for c in mine)
+        cached += sum(c.cached for c in mine)
+        lines.append(f"{part:24s} {sec / 60:7.1f} min")
+        for c in sorted(mine, key=lambda c: -c.seconds):
+            missing = f"  ({c.n - c.cached} not cached)" if c.cached < c.n else ""
+            lines.append(f"  {c.stage:22s} {c.seconds / 60:7.1f} min  {c.cached:3d} stages{missing}")
+    lines.append(f"{'total':24s} {total / 60:7.1f} min  {cached}/{n} stages cached")
+    return "\n".join(lines)
 
 
 def _device(args, P) -> str:

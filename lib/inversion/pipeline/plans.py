@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 
 from inversion import data
 from inversion.pipeline import architectures, background, dynamics, estimators, inverters, layers
-from inversion.pipeline.cache import Cache, Stage
+from inversion.pipeline.cache import Cache, Stage, iter_refs
 from inversion.pipeline.params import Params
 from inversion.pipeline.params import load_params as _load_params
 from inversion.pipeline.schema import ConfigError, closest
 
 __all__ = ["STAGES", "SECTIONS", "load_params", "plan", "selectors", "available", "layers_datasets",
            "DatasetAvailability", "background_results", "layers_results", "architectures_results",
-           "dynamics_results", "estimators_results", "inverters_results", "inverter_datasets"]
+           "dynamics_results", "estimators_results", "inverters_results", "inverter_datasets", "StageCost",
+           "plan_costs"]
 
 STAGES: dict[str, Stage] = {s.name: s for s in (*background.STAGES, *layers.STAGES, *dynamics.STAGES,
                                                  *estimators.STAGES, *inverters.STAGES)}
@@ -120,6 +121,46 @@ def plan(P: Params, only: list[str] | None = None) -> dict:
         ds = [d for d in inverters.inverter_datasets(P) if wanted("inverters", d)]
         if ds:
             out["inverters"] = {d: inverters.inverters_plan(P, d) for d in ds}
+    return out
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """The stages of one kind that one part of a plan (a section, or ``section:dataset``) needs first."""
+
+    part: str
+    stage: str
+    n: int  # stages of this kind the part needs and no earlier part did
+    cached: int  # of which have a result in the cache
+    seconds: float  # the cached ones' own wall time, from their provenance (dependencies not included)
+
+
+def plan_costs(the_plan: Mapping, cache: Cache) -> list[StageCost]:
+    """What a plan costs, from the provenance of its cached stages, grouped by part and stage kind.
+
+    A stage two parts need is counted once, in the first part in the plan's (the book's) order, so the
+    parts add up to the whole plan. Missing stages are counted but cost nothing here: ``cached < n`` says
+    the sum is incomplete. Read the times as the machine's at the time each stage ran: a stage computed
+    while other work shared the cores counts as slow as it was."""
+    parts = []
+    for section, sub in the_plan.items():
+        if section in ("layers", "inverters"):  # nested by dataset
+            parts += [(f"{section}:{dataset}", p) for dataset, p in sub.items()]
+        else:
+            parts.append((section, sub))
+    seen, out = set(), []
+    for part, sub in parts:
+        kinds: dict[str, list] = {}
+        for r in iter_refs(sub):
+            if r.dirname in seen:
+                continue
+            seen.add(r.dirname)
+            k = kinds.setdefault(r.stage.name, [0, 0, 0.0])
+            k[0] += 1
+            if cache.has(r):
+                k[1] += 1
+                k[2] += float(cache.result(r).provenance.get("wall_s") or 0.0)
+        out += [StageCost(part, name, n, cached, seconds) for name, (n, cached, seconds) in kinds.items()]
     return out
 
 
