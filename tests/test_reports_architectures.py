@@ -96,3 +96,18 @@ def test_missing_networks_drop_their_claims():
     claims = architecture_claims(only)
     assert all("fully connected" not in c.claim for c in claims)
     assert any(c.claim.startswith("global max pooling discards information (≈ 4.5 nats") for c in claims)
+
+
+def test_warm_started_rows_show_each_gain_over_p_x_and_call_a_reversal_of_loose_bounds_loose():
+    s = summary(differences={("conv", "fc"): Difference(0.9, 0.3), ("conv", "conv_gmp"): Difference(1.3, 0.2),
+                             ("conv_gmp", "fc"): Difference(-0.3, 0.1)})
+    warm = ArchitectureSummary(**{**s.__dict__, "gain": {"fc": Estimate(11.0, 0.3), "conv": Estimate(11.7, 0.4),
+                                                         "conv_gmp": Estimate(10.6, 0.3)}})
+    rows = {c.claim: c for c in architecture_claims(warm) if c.criterion.startswith("NCE difference")}
+    assert all("gains over p(x)" in c.ours for c in rows.values())
+    reversal = next(c for c in rows.values() if c.status == "contradicted")
+    assert "conv + global max pool +10.60, fully connected +11.00 nats" in reversal.ours
+    assert "at most 11.0 nats over p(x)" in reversal.why and "far from tight" in reversal.why
+    assert all(c.why is None for c in rows.values() if c.status == "reproduced")
+    # from scratch (no gains): no such words
+    assert not any("p(x)" in (c.ours + (c.why or "")) for c in architecture_claims(s))
