@@ -6,7 +6,7 @@
     torchrun --nproc_per_node=4 -m inversion.pipeline run --params paper --device cuda   # data-parallel
     python -m inversion.pipeline list   --params quick          # every stage of the set: cached or missing
     python -m inversion.pipeline show   --params quick KEY      # a result.json
-    python -m inversion.pipeline costs  --params quick          # CPU time per section and stage kind
+    python -m inversion.pipeline costs  --params quick          # wall time per section and stage kind
     python -m inversion.pipeline stages                         # every kind of stage, its version and config
     python -m inversion.pipeline pack   --params paper results.tgz   # finished results, no checkpoints
     python -m inversion.pipeline unpack --params paper results.tgz   # merge them into this machine's cache
