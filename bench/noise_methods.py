@@ -99,10 +99,10 @@ def main(argv=None):
         rows += r
         costs.append(c)
     name = f"noise_methods-{args.params}-{args.section}" + (f"-warm-lr-{args.warm_lr:.0e}" if args.warm_lr else "")
-    out = REPO / "bench" / "results" / name
+    out = REPO / "bench" / "results"
     payload = dict(section=args.section, params=args.params, seeds=args.seeds, warm_steps=args.warm_steps,
                    rows=rows, costs=costs, wall_s=time.time() - t0)
-    out.parent.joinpath(name + ".json").write_text(json.dumps(payload, indent=1))
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=1))
     lines = [f"# Noise of the {args.section} NCE differences: independent models vs paired seeds",
              "", f"`python bench/noise_methods.py --section {args.section} --params {args.params} "
                  f"--warm-steps {args.warm_steps} --seeds {' '.join(map(str, args.seeds))}"
@@ -119,7 +119,7 @@ def main(argv=None):
              C.markdown_table(["recipe", "seeds", "CPU min, independent design", "CPU min, paired design"],
                               [(c["recipe"], c["n_seeds"], f"{c['independent_minutes']:.1f}",
                                 f"{c['paired_minutes']:.1f}") for c in costs])]
-    out.parent.joinpath(name + ".md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -34,13 +34,13 @@ from inversion.models.classifier import Classifier, ClassifierConfig, accuracy, 
     train_classifier
 from inversion.models.decoders import DecoderConfig, MSEDecoder, evaluate_mse, train_decoder
 from inversion.models.pixelcnn import PixelCNNConfig, PixelCNNpp, train_pixelcnn
-from inversion.training import check_field
 from inversion.models.sampling import METHODS as SAMPLING_METHODS, draw
 from inversion.pipeline.cache import Context, Ref, ref, stage
 from inversion.pipeline.common import features, features_and_logits, first, load_classifier, load_inversion, \
     load_split, test_split
 from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError, closest
+from inversion.training import check_field
 
 __all__ = ["CLASSIFIER", "INVERSION", "NCE", "DECODER", "SAMPLES", "NEIGHBOURS", "LayersSettings", "layers_plan",
            "replicate_nces", "check_dataset", "inversion_ref", "unconditional_nce_ref", "with_seed"]

@@ -158,10 +158,10 @@ def _nce_claims(s: ArchitectureSummary) -> list[Claim]:
         diff = s.differences[(a, b)]
         paper_gap = paper.ARCHITECTURES[a].fc3_nce - paper.ARCHITECTURES[b].fc3_nce
         p = s.paired.get((a, b))
-        seeds = (f" (mean over {p.n_seeds} seeds paired as common random numbers; treated as independent models "
-                 f"the noise would be {p.independent_noise:.2f})" if p else
-                 f" (seed spread {s.seed_spread.sd:.2f} included)" if s.seed_spread.n_models else
-                 " (test-set s.e. only: no replicate seeds)")
+        detail = (f" (mean over {p.n_seeds} seeds paired as common random numbers; treated as independent models "
+                  f"the noise would be {p.independent_noise:.2f})" if p else
+                  f" (seed spread {s.seed_spread.sd:.2f} included)" if s.seed_spread.n_models else
+                  " (test-set s.e. only: no replicate seeds)")
         ok = decide(diff, +1)
         power = Power(diff.noise, paper_effect=paper_gap)
         # Warm-started models report their gain over p(x): the whole of what each bound credits to h. Gains
@@ -175,8 +175,8 @@ def _nce_claims(s: ArchitectureSummary) -> list[Claim]:
                False: f"a significant reversal: {arch_label(a)} keeps less than {arch_label(b)} here, against the "
                       f"paper's {paper_gap:+.2f} nats" + loose}[ok]
         if len(gains) == 2:
-            seeds += f"; gains over p(x) {arch_label(a)} {gains[0]:+.2f}, {arch_label(b)} {gains[1]:+.2f} nats"
-        return Claim(claim=claim, paper=f"{paper_gap:+.2f} nats", ours=f"{diff.value:+.2f} ± {diff.noise:.2f} nats" + seeds,
+            detail += f"; gains over p(x) {arch_label(a)} {gains[0]:+.2f}, {arch_label(b)} {gains[1]:+.2f} nats"
+        return Claim(claim=claim, paper=f"{paper_gap:+.2f} nats", ours=f"{diff.value:+.2f} ± {diff.noise:.2f} nats" + detail,
                      reproduced=ok, why=why, power=power,
                      criterion=f"NCE difference {arch_label(a)} − {arch_label(b)} > 2 × its noise (< −2 × noise: "
                                "contradicted)")
