@@ -4,12 +4,13 @@ provenance rows that say what each stage result is."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
 from inversion.pipeline.cache import Result
 from inversion.reports.common import Claim, Difference, claims_table, count_reproduced, decide, describe_result, \
-    undecided_why
+    provenance_caption, provenance_table, undecided_why
 
 
 @pytest.mark.parametrize("d, sign, expected", [
@@ -75,3 +76,26 @@ def test_power_says_what_a_comparison_could_detect_and_whether_the_papers_effect
     assert Power(0.0, paper_effect=1.0).powered is None and "no noise" in Power(0.0).text()
     table = claims_table([Claim("gap", "+4.46 nats", "+1.0 ± 3.0 nats", None, "> 2 × noise", power=weak)]).data
     assert "+1.0 ± 3.0 nats<br><small>detectable: 6.0 nats or more" in table
+
+
+def test_provenance_says_which_results_came_with_the_repository(tmp_path):
+    """A committed result (cache/<set>/ is committable) is told apart from one computed in this checkout: in the
+    table's sentence, in a per-row column when they mix, and in the figure caption."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    cache = tmp_path / "cache" / "quick"
+    cache.mkdir(parents=True)
+    old = _write(cache, "classifier-a", dict(dataset="mnist", arch="conv", steps=10, seed=0))
+    git("add", "cache")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
+    new = _write(cache, "classifier-b", dict(dataset="mnist", arch="fc", steps=10, seed=0))
+    only_old = provenance_table([Result(old)], "quick").data
+    assert "Every one of them came with the repository (committed under `cache/quick/`" in only_old
+    assert "| stored |" not in only_old
+    assert "None of them came with the repository" in provenance_table([Result(new)], "quick").data
+    mixed = provenance_table([Result(old), Result(new)], "quick").data
+    assert "1 of them came with the repository" in mixed and "the other 1 were computed in this checkout" in mixed
+    rows = {line.split("|")[1].strip(): line for line in mixed.splitlines() if "`classifier-" in line}
+    assert "| committed |" in rows["`classifier-a`"] and "| this checkout |" in rows["`classifier-b`"]
+    assert provenance_caption([Result(old), Result(new)], "quick").endswith("2 stage results, 1 committed with the "
+                                                                             "repository.")

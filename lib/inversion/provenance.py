@@ -7,6 +7,7 @@ working tree without .git (the GPU machine), set INVERSION_COMMIT (and INVERSION
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import subprocess
@@ -17,9 +18,9 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, cwd: str | os.PathLike = REPO) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -34,6 +35,24 @@ def commit() -> dict:
         status = _git("status", "--porcelain", "--untracked-files=no")
         dirty = None if status is None else bool(status)
     return {"commit": sha or "unknown", "dirty": dirty}
+
+
+@functools.lru_cache(maxsize=None)
+def committed_files(folder: str) -> frozenset[Path]:
+    """The files under ``folder`` that the repository tracks (``git ls-files``), as resolved paths: a stage
+    result among them came with the repository (``cache/quick``, ``cache/paper``) rather than being computed
+    in this checkout. Empty outside a git checkout. Read once per folder and process (a book build does
+    not commit)."""
+    folder = Path(folder).resolve()
+    listed = _git("ls-files", "-z", cwd=folder) if folder.is_dir() else None  # paths relative to folder
+    return frozenset((folder / name).resolve() for name in (listed or "").split("\0") if name)
+
+
+def committed_result(result_dir: str | os.PathLike) -> bool:
+    """Whether the stage result in ``result_dir`` (its result.json) came with the repository: one listing of
+    the parameter set's cache folder (the result's parent) per process."""
+    result_dir = Path(result_dir).resolve()
+    return result_dir / "result.json" in committed_files(str(result_dir.parent))
 
 
 def device_name(device: str | torch.device | None = None) -> str:

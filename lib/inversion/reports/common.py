@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
+from inversion.provenance import committed_result
+
 LAYER_LABELS = {"conv1": "CONV1", "conv2": "CONV2", "fc1": "FC1", "fc2": "FC2", "fc3": "FC3", "logits": "LOGITS"}
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "affnist": "affNIST", "svhn": "SVHN",
                   "cifar10": "CIFAR-10"}
@@ -500,42 +502,67 @@ def describe_result(result) -> str:
     return ", ".join(parts)
 
 
+def _stored(r) -> str:
+    """Where a stage result on the page came from: 'committed' (it came with the repository, under
+    cache/<set>/) or 'this checkout' (computed here, or unpacked into the cache without being committed)."""
+    return "committed" if committed_result(r.dir) else "this checkout"
+
+
+def _stored_sentence(results: list) -> str:
+    n = sum(_stored(r) == "committed" for r in results)
+    if n == len(results):
+        return (f"Every one of them came with the repository (committed under `cache/{results[0].dir.parent.name}/`, "
+                "computed where their commit, device and date say); a changed parameter recomputes only what "
+                "depends on it.")
+    if n == 0:
+        return "None of them came with the repository: all were computed in this checkout (or unpacked into it)."
+    return (f"{n} of them came with the repository (committed under `cache/{results[0].dir.parent.name}/`), the other "
+            f"{len(results) - n} were computed in this checkout; the column *stored* says which.")
+
+
 def provenance_table(results: Iterable, param_set: str):
     """Markdown: one row per stage result used on the page, with where and how it was computed. Commit,
-    device and torch version go in the header when every result shares them, else into the table."""
+    device and torch version go in the header when every result shares them, else into the table; so does
+    whether each result came with the repository (committed) or was computed in this checkout."""
     results = list(results)
     total = sum(r.provenance.get("wall_s", 0) for r in results)
     shared, varying = {}, []
-    for field, get in (("commit", _commit), ("device", lambda p: p.get("device", "?")),
-                       ("torch", lambda p: p.get("torch", "?"))):
-        values = {get(r.provenance) for r in results}
+    for field, get in (("commit", lambda r: _commit(r.provenance)), ("device", lambda r: r.provenance.get("device", "?")),
+                       ("torch", lambda r: r.provenance.get("torch", "?")), ("stored", _stored)):
+        values = {get(r) for r in results}
         if len(values) == 1:
             shared[field] = values.pop()
         else:
             varying.append((field, get))
+    shared.pop("stored", None)  # said in a sentence
     head = (f"Parameter set **{param_set}**; {len(results)} stage results, {total / 60:.1f} min of compute in "
             f"total (the sum of each stage's wall time when it was computed)")
-    head += "".join(f"; {k} `{v}`" for k, v in shared.items()) + ".\n\n"
+    head += "".join(f"; {k} `{v}`" for k, v in shared.items()) + ". "
+    head += (_stored_sentence(results) if results else "") + "\n\n"
     rows = []
     for r in results:
         what = describe_result(r)
         p = r.provenance
-        rows.append((f"`{r.dir.name}`", what, *[get(p) for _, get in varying], f"{p.get('wall_s', float('nan')):.0f}",
+        rows.append((f"`{r.dir.name}`", what, *[get(r) for _, get in varying], f"{p.get('wall_s', float('nan')):.0f}",
                      str(p.get("date", "?"))[:16].replace("T", " ")))
     header = ["stage result", "what it is", *[k for k, _ in varying], "wall s", "date (UTC)"]
     return md(head + markdown_table(header, rows, "ll" + "l" * len(varying) + "rl"))
 
 
 def provenance_caption(results: Iterable, param_set: str) -> str:
-    """One line for under a figure: parameter set, commit(s), device(s)."""
+    """One line for under a figure: parameter set, commit(s), device(s), and whether the results came with
+    the repository."""
     results = list(results)
     if not results:
         return f"Run: parameter set {param_set}; drawn from no stage result."
     commits = sorted({str(r.provenance.get("commit", "?"))[:10] + (" (dirty)" if r.provenance.get("dirty") else "")
                       for r in results})
     devices = sorted({r.provenance.get("device", "?") for r in results})
+    n = sum(_stored(r) == "committed" for r in results)
+    stored = ("all committed with the repository" if n == len(results) else
+              "computed in this checkout" if n == 0 else f"{n} committed with the repository")
     return (f"Run: parameter set {param_set}; commit {', '.join(commits)}; device {', '.join(devices)}; "
-            f"{len(results)} stage results.")
+            f"{len(results)} stage results, {stored}.")
 
 
 def flat_results(tree) -> list:
