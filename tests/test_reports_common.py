@@ -35,6 +35,13 @@ def test_statuses_and_counts():
     assert "no noise" in undecided_why(Difference(1.0, 0.0))
 
 
+@pytest.mark.parametrize("d, text", [(Difference(1.06, 1.04), "+1.1 ± 1.0"), (Difference(1.2, 0.123), "+1.20 ± 0.12"),
+                                     (Difference(-0.0524, 0.0312), "-0.052 ± 0.031"), (Difference(25.0, 12.6), "+25.0 ± 12.6"),
+                                     (Difference(0.5, 0.0), "+0.5 ± 0.0"), (Difference(2.0, float("nan")), "+2.0 ± nan")])
+def test_a_difference_is_written_to_its_noise_precision(d, text):
+    assert d.pm() == text
+
+
 def test_claims_table_has_four_columns_with_each_test_and_each_reason():
     table = claims_table([Claim("NCE falls", "yes", "-3 ± 2", None, "drop > 2 × noise", why="inside the noise"),
                           Claim("accuracy", "99 %", "98.9 %", True, "within 1 point")]).data

@@ -2,6 +2,7 @@
 that moves (the appendix's argument reproduces), estimators that track the layer (it does not), NCE
 movements inside their noise (undecided), and the NCE on nested subsets of its test images."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -88,6 +89,25 @@ def test_nce_movements_inside_their_noise_leave_the_dynamics_claim_undecided():
     assert verdicts(summary(subset_shift=2.5 * 4.0))[6] is True
     assert verdicts(summary(subset_shift=3.5 * 4.0))[6] is False
     assert findings(summary(subset_shift=3.5 * 4.0)).nce_stable is False
+
+
+def test_paired_seeds_decide_a_move_that_independent_noise_cannot():
+    """The same 1-nat rise, inside the noise of independent models (test-set s.e. 5 nats), is decided when every
+    checkpoint's inversion models share their seeds: each seed gives one paired difference."""
+    rng = np.random.default_rng(0)
+    per_image = rng.normal(-700.0, 50.0, size=200)  # what each test image costs, the same at every checkpoint
+    offsets = {0: 0.0, 100: 1.0, 1000: 0.0}
+    by_seed = {rg: {"logits": {t: {seed: per_image + off + rng.normal(0.0, 0.05) + rng.normal(0.0, 0.01, size=200)
+                                   for seed in (0, 1, 2)} for t, off in offsets.items()}}
+               for rg in ("regular", "overfit")}
+    independent = summary(nce_means=(-700.0, -699.0, -700.0), nce_se=5.0)
+    assert findings(independent).moving == [] and "seed spread" in independent.noise_kind
+    paired = dataclasses.replace(independent, nce_by_seed=by_seed)
+    moves = findings(paired).moving
+    assert [m.layer for m in moves] == ["logits", "logits"]
+    assert all(m.nce_range == pytest.approx(1.0, abs=0.1) and m.nce_z > 5 for m in moves)
+    assert "per-seed paired differences" in paired.noise_kind
+    assert "per-seed paired differences" in estimator_claims(paired, findings(paired))[7].criterion
 
 
 def test_nce_on_subsets():

@@ -332,7 +332,8 @@ def estimators_plan(P: Params) -> dict:
 
     Returns {"steps": [...], "layers": [...], "nce_layers": [...], "sweep": {"regime", "step",
     "layers": {layer: estimator_sweep ref}}, "regimes": {regime: {"snapshots": {step: ref},
-    "estimates": {layer: {step: ref}}, "nce": {layer: {step: ref}}}}, "replicates": ...}. The snapshots and
+    "estimates": {layer: {step: ref}}, "nce": {layer: {step: ref}}, "inversion": ...}}, "replicates": ...,
+    "paired": ...}. The snapshots and
     NCEs are the dynamics chapter's own refs (same keys), so nothing is trained twice; ``estimates`` cover
     every layer in the ``estimators`` section, the NCE only the dynamics layers.
     """
@@ -342,13 +343,15 @@ def estimators_plan(P: Params) -> dict:
     layers = list(S.layers or dyn["layers"])
     check_layers(layers, D.classifier.arch, "estimators.layers")
     out = {"steps": dyn["steps"], "layers": layers, "nce_layers": dyn["layers"], "regimes": {},
-           "replicates": dyn["replicates"]}  # seed replicates of the NCE: its training noise
+           "replicates": dyn["replicates"],  # seed replicates of the NCE: its training noise
+           "paired": dyn["paired"]}  # with paired_seeds: every snapshot's seeds, for per-seed paired differences
     for regime, R in dyn["regimes"].items():
         out["regimes"][regime] = {
             "snapshots": R["snapshots"],
             "estimates": {l: {s: ref(ESTIMATES, S.estimates_config(l), classifier=snap)
                               for s, snap in R["snapshots"].items()} for l in layers},
             "nce": R["nce"],
+            "inversion": R["inversion"],  # the main seed of each NCE (paired differences)
         }
     sw = S.sweep
     if sw.regime not in dyn["regimes"]:

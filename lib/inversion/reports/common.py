@@ -59,6 +59,18 @@ class Difference:
     value: float
     noise: float
 
+    def pm(self) -> str:
+        """"value ± noise", both to the noise's precision (``decimals``): +1.1 ± 1.0, +1.20 ± 0.12, -0.052 ± 0.031."""
+        d = decimals(self.noise)
+        return f"{self.value:+.{d}f} ± {self.noise:.{d}f}"
+
+
+def decimals(noise: float) -> int:
+    """Decimals that show a noise to two significant digits below 1 and to one decimal above (1 to 4)."""
+    if not (noise > 0 and math.isfinite(noise)):
+        return 1
+    return min(4, max(1, 1 - math.floor(math.log10(noise))))
+
 
 @dataclass(frozen=True)
 class SeedSpread:

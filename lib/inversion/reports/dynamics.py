@@ -19,7 +19,7 @@ import numpy as np
 from inversion import paper
 from inversion.bounds import difference_noise, paired_difference, seed_paired_difference
 from inversion.reports.common import FIGURE_WIDTH_IN, REGIME_COLOURS, Claim, Difference, Estimate, Power, SeedSpread, \
-    decide, layer_label, regime_label, undecided_why
+    decide, decimals, layer_label, regime_label, undecided_why
 
 
 @dataclass(frozen=True)
@@ -65,15 +65,24 @@ def dynamics_summary(R: Mapping) -> DynamicsSummary:
         nce[g] = {l: {t: Estimate(rr["nce"][l][t].metrics["nats"], rr["nce"][l][t].metrics["stderr"]) for t in steps}
                   for l in layers}
         log_probs[g] = {l: {t: rr["nce"][l][t].arrays("log_probs.npy")["array"] for t in steps} for l in layers}
-    by_seed = {}
-    for g, per_layer in (R.get("paired") or {}).items():
-        by_seed[g] = {l: {t: {R["regimes"][g]["inversion"][l][t].config["seed"]: log_probs[g][l][t],
-                              **{s: r.arrays("log_probs.npy")["array"] for s, r in reps.items()}}
-                          for t, reps in per_step.items()} for l, per_step in per_layer.items()}
+    by_seed = per_seed_log_probs(R)
     unconditional = {l: r.arrays("log_probs.npy")["array"] for l, r in (R.get("unconditional_nce") or {}).items()}
     return DynamicsSummary(steps=steps, layers=layers, regimes=regimes, nce=nce, log_probs=log_probs,
                            accuracy=accuracy, seed_spread={l: seed_spread(R, l) for l in layers}, by_seed=by_seed,
                            unconditional=unconditional)
+
+
+def per_seed_log_probs(R: Mapping) -> dict:
+    """regime -> layer -> step -> seed -> per-image log-probs of the inversion models, every seed including the
+    main one, when the run paired its seeds (``R["paired"]``), else empty. ``R`` is the dynamics results, or
+    any results with the same "regimes" (with "inversion" and "nce") and "paired" entries."""
+    out = {}
+    for g, per_layer in (R.get("paired") or {}).items():
+        rr = R["regimes"][g]
+        out[g] = {l: {t: {rr["inversion"][l][t].config["seed"]: rr["nce"][l][t].arrays("log_probs.npy")["array"],
+                          **{seed: r.arrays("log_probs.npy")["array"] for seed, r in reps.items()}}
+                      for t, reps in per_step.items()} for l, per_step in per_layer.items()}
+    return out
 
 
 def _difference(s: DynamicsSummary, layer: str, a: tuple[str, int], b: tuple[str, int]) -> Difference:
@@ -178,12 +187,12 @@ def rise_and_fall_verdict(s: DynamicsSummary, r: RiseAndFall) -> tuple[bool | No
         return True, None
     first, last = s.steps[0], s.steps[-1]
     if r.peak == last and decide(r.rise, +1):
-        return False, (f"the NCE is highest at the last checkpoint ({last} updates), {r.rise.value:+.1f} ± "
-                       f"{r.rise.noise:.1f} nats above step 0: no fall within these checkpoints")
+        return False, (f"the NCE is highest at the last checkpoint ({last} updates), {r.rise.pm()} nats above "
+                       "step 0: no fall within these checkpoints")
     if r.peak == first and decide(r.fall, -1):
-        return False, (f"the NCE only falls from step 0 ({r.fall.value:+.1f} ± {r.fall.noise:.1f} nats by {last} "
-                       "updates): no rise at these checkpoints")
-    parts = [f"{name} {d.value:+.1f} ± {d.noise:.1f}" for name, d in (("rise", r.rise), ("fall", r.fall))
+        return False, (f"the NCE only falls from step 0 ({r.fall.pm()} nats by {last} updates): no rise at these "
+                       "checkpoints")
+    parts = [f"{name} {d.pm()}" for name, d in (("rise", r.rise), ("fall", r.fall))
              if decide(d, +1 if name == "rise" else -1) is not True]
     return None, ("inside the noise: " + ", ".join(parts) + " nats (decided beyond 2 × noise)"
                   + ("; the peak is an end point" if r.peak in (first, last) else ""))
@@ -217,8 +226,7 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
                 kind="rise_and_fall", layer=l,
                 claim=f"{layer_label(l)}: the regular network's NCE first rises, then falls (Fig. 5b)",
                 paper="yes, every layer",
-                ours=f"peak at {r.peak} updates; rise {r.rise.value:+.1f} ± {r.rise.noise:.1f}, "
-                     f"then {r.fall.value:+.1f} ± {r.fall.noise:.1f} nats by {steps[-1]}{seeds}",
+                ours=f"peak at {r.peak} updates; rise {r.rise.pm()}, then {r.fall.pm()} nats by {steps[-1]}{seeds}",
                 reproduced=ok, why=why, power=Power(max(r.rise.noise, r.fall.noise)),
                 criterion="an interior checkpoint beats step 0 and the last checkpoint, each by more than 2 × the "
                           f"noise of the difference ({noise_kind}); contradicted when the NCE moves "
@@ -229,9 +237,9 @@ def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
             out.append(Claim(
                 kind="overfit_keeps_more", layer=l,
                 claim=f"{layer_label(l)}: the overfitted network keeps more about the input", paper="yes, every layer",
-                ours=f"overfitted − regular at {steps[-1]} updates: {d.value:+.1f} ± {d.noise:.1f} nats{seeds}",
+                ours=f"overfitted − regular at {steps[-1]} updates: {d.pm()} nats{seeds}",
                 reproduced=ok, power=Power(d.noise),
-                why={True: None, None: undecided_why(d, " nats", 1),
+                why={True: None, None: undecided_why(d, " nats", decimals(d.noise)),
                      False: "the overfitted network's NCE is lower, beyond the noise: it keeps less"}[ok],
                 criterion=f"NCE difference at the last checkpoint > 2 × its noise ({noise_kind}); "
                           "< −2 × noise: contradicted"))

@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from inversion import paper
-from inversion.bounds import difference_noise
+from inversion.bounds import difference_noise, seed_paired_difference
 from inversion.reports.common import FIGURE_WIDTH_IN, REGIME_COLOURS, Claim, Estimate, layer_label, markdown_table, md
-from inversion.reports.dynamics import seed_spread
+from inversion.reports.dynamics import per_seed_log_probs, seed_spread
 
 SATURATION_TOLERANCE = 0.01  # "at log N": within 1 % of log N
 WIDE_LAYER_UNITS = 100  # "a layer with very many units": more than this
@@ -108,6 +108,15 @@ class EstimatorSummary:
     sweep: dict[str, dict]
     sweep_config: dict
     nce_sweep: dict[str, NCESubsets]  # layer -> the NCE at the swept checkpoint on nested subsets
+    # regime -> layer -> step -> seed -> per-image log-probs when the dynamics chapter paired its seeds (else
+    # empty): the NCE's moves are then judged by per-seed paired differences (common random numbers)
+    nce_by_seed: dict = field(default_factory=dict)
+
+    @property
+    def noise_kind(self) -> str:
+        """What the noise of an NCE difference over training is made of, in words."""
+        return ("the spread of the per-seed paired differences and the test-set s.e." if self.nce_by_seed else
+                "test-set s.e. and seed spread")
 
 
 def _num(v):
@@ -149,7 +158,9 @@ def estimator_summary(R: Mapping) -> EstimatorSummary:
         sweep_step=sweep_step, n=first.metrics["n"], log_n=first.metrics["log_n"], n_bins=cfg["n_bins"],
         noise_var=cfg["noise_var"], k=cfg["k"], label_entropy=first.metrics["label_entropy"], estimates=estimates,
         nce=nce, seed_sd=seed_sd, sweep=sweep, sweep_config=next(iter(R["sweep"]["layers"].values())).config,
-        nce_sweep=nce_sweep)
+        nce_sweep=nce_sweep,
+        nce_by_seed={g: {l: v for l, v in per_layer.items() if l in nce[g]}
+                     for g, per_layer in per_seed_log_probs(R).items()})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -418,8 +429,8 @@ def _ordered_by_width(layers: Sequence[str], coarse: Mapping[str, float], sweep:
 @dataclass(frozen=True)
 class NCEMove:
     """How far the NCE of one regime and layer moves over training (max − min over checkpoints, and that in
-    units of the noise of the difference: the test-set s.e. and the seed spread), and how far binning
-    moves over the same checkpoints."""
+    units of the noise of the difference: per-seed paired differences where the seeds were paired, else the
+    test-set s.e. and the seed spread), and how far binning moves over the same checkpoints."""
 
     regime: str
     layer: str
@@ -579,18 +590,27 @@ def findings(s: EstimatorSummary) -> Findings:
         proper = q.sizes < q.n_full
         nce_subset_z[l] = [float(abs(m - q.full.value) / se) for m, se in zip(q.mean[proper], q.stderr[proper])]
         nce_subset_min = int(q.sizes.min())
-    # over training: ranges of NCE (in units of the noise of the difference: the paired test-set s.e. and, where
-    # the dynamics chapter measured it, the seed spread of both inversion models) and of binning
+    # over training: ranges of NCE (in units of the noise of the difference: per-seed paired differences where the
+    # dynamics chapter paired its seeds; else the test-set s.e. and, where measured, the seed spread of both
+    # inversion models) and of binning
     moves = []
     for rg in s.regimes:
         for l, curve in s.nce[rg].items():
             if l not in s.estimates[rg]:  # a dynamics layer this appendix does not estimate
                 continue
-            nats, se = curve.nats, curve.stderr
-            hi, lo = int(np.argmax(nats)), int(np.argmin(nats))
-            z = (nats[hi] - nats[lo]) / difference_noise(math.sqrt(se[hi] ** 2 + se[lo] ** 2), s.seed_sd.get(l, 0.0))
+            by_seed = s.nce_by_seed.get(rg, {}).get(l)
+            if by_seed:  # the seed-averaged curve; its range per seed, paired (common random numbers)
+                nats = np.array([np.mean([lp.mean() for lp in by_seed[t].values()]) for t in s.steps])
+                hi, lo = int(np.argmax(nats)), int(np.argmin(nats))
+                p = seed_paired_difference(by_seed[s.steps[hi]], by_seed[s.steps[lo]]) if hi != lo else None
+                nce_range, z = (p.value, p.value / p.noise) if p is not None and p.noise > 0 else (0.0, 0.0)
+            else:
+                nats, se = curve.nats, curve.stderr
+                hi, lo = int(np.argmax(nats)), int(np.argmin(nats))
+                nce_range = nats[hi] - nats[lo]
+                z = nce_range / difference_noise(math.sqrt(se[hi] ** 2 + se[lo] ** 2), s.seed_sd.get(l, 0.0))
             b = s.estimates[rg][l]["binning_xt"]
-            moves.append(NCEMove(regime=rg, layer=l, nce_range=float(nats[hi] - nats[lo]), nce_z=float(z),
+            moves.append(NCEMove(regime=rg, layer=l, nce_range=float(nce_range), nce_z=float(z),
                                  binning_range=float(np.nanmax(b) - np.nanmin(b))))
 
     def slopes(key):
@@ -721,13 +741,12 @@ def estimator_claims(s: EstimatorSummary, f: Findings) -> list[Claim]:
         paper=quote["dynamics"],
         ours=("; ".join(f"{m.regime} {L.get(m.layer, m.layer)}: NCE range {m.nce_range:.1f} nats "
                         f"({m.nce_z:.1f} × its noise), binning {m.binning_range:.3f}" for m in moving))
-             if moving else "the NCE moves by less than twice its noise (test-set s.e. and seed spread) everywhere "
-                            "in this run",
+             if moving else f"the NCE moves by less than twice its noise ({s.noise_kind}) everywhere in this run",
         reproduced=f.binning_still_where_nce_moves,
         why={True: None, None: "the NCE moves by less than twice its noise everywhere, so there is nothing to compare "
                                "binning with",
              False: "binning moves by more than the tolerance where the NCE moves"}[f.binning_still_where_nce_moves],
         criterion="for every regime and layer whose NCE range over checkpoints exceeds twice the noise of the "
-                  "difference (test-set s.e. and seed spread), "
+                  f"difference ({s.noise_kind}), "
                   f"the binning estimate changes by less than {tol:.0%} of log N"))
     return out
