@@ -204,11 +204,15 @@ def test_sets_differ_and_overrides_apply():
     assert layers_plan(paper, "mnist")["layers"]["conv1"]["inversion"].config["dropout"] == 0.5
     # overrides: a changed parameter changes exactly the keys downstream of it
     base = layers_plan(quick, "mnist")
-    changed = layers_plan(pipeline.load_params("quick", {"layers": {"inversion": {"steps": 351}}}), "mnist")
+    changed = layers_plan(pipeline.load_params("quick", {"layers": {"inversion": {"lr": 5.0e-4}}}), "mnist")
     assert changed["classifier"].key == base["classifier"].key
     assert changed["layers"]["fc3"]["decoder"].key == base["layers"]["fc3"]["decoder"].key
     assert changed["layers"]["fc3"]["inversion"].key != base["layers"]["fc3"]["inversion"].key
     assert changed["layers"]["fc3"]["samples"].key != base["layers"]["fc3"]["samples"].key
+    # a per_dataset entry wins over the section's value, overridden or not (quick trains MNIST's models longer)
+    shorter = pipeline.load_params("quick", {"layers": {"inversion": {"steps": 351}}})
+    assert layers_plan(shorter, "mnist")["layers"]["fc3"]["inversion"].key == base["layers"]["fc3"]["inversion"].key
+    assert layers_plan(shorter, "fashion_mnist")["layers"]["fc3"]["inversion"].config["steps"] == 351
 
 
 def test_toy_entropies_are_exact():
