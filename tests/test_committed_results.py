@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from inversion import pipeline
 from inversion.pipeline.cache import iter_refs
+from inversion.provenance import committed_files
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTABLE = (".json", ".npz", ".npy")
 
 
 def tracked(folder: str) -> list[str]:
-    try:
-        out = subprocess.run(["git", "ls-files", "-z", "--", folder], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    """The repository's files under ``folder`` (relative to the repository), as the pages see them."""
+    if not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    return [name for name in out.split("\0") if name]
+    return [str(p.relative_to(REPO)) for p in committed_files(str(REPO / folder))]
 
 
 @pytest.mark.parametrize("param_set", ["quick", "paper"])

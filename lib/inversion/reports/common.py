@@ -520,8 +520,12 @@ def _stored(r) -> str:
     return "committed" if committed_result(r.dir) else "this checkout"
 
 
+def _n_committed(results: list) -> int:
+    return sum(_stored(r) == "committed" for r in results)
+
+
 def _stored_sentence(results: list) -> str:
-    n = sum(_stored(r) == "committed" for r in results)
+    n = _n_committed(results)
     if n == len(results):
         return (f"Every one of them came with the repository (committed under `cache/{results[0].dir.parent.name}/`, "
                 "computed where their commit, device and date say); a changed parameter recomputes only what "
@@ -570,7 +574,7 @@ def provenance_caption(results: Iterable, param_set: str) -> str:
     commits = sorted({str(r.provenance.get("commit", "?"))[:10] + (" (dirty)" if r.provenance.get("dirty") else "")
                       for r in results})
     devices = sorted({r.provenance.get("device", "?") for r in results})
-    n = sum(_stored(r) == "committed" for r in results)
+    n = _n_committed(results)
     stored = ("all committed with the repository" if n == len(results) else
               "computed in this checkout" if n == 0 else f"{n} committed with the repository")
     return (f"Run: parameter set {param_set}; commit {', '.join(commits)}; device {', '.join(devices)}; "

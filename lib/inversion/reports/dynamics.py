@@ -85,6 +85,11 @@ def per_seed_log_probs(R: Mapping) -> dict:
     return out
 
 
+def seed_mean_curve(per_step: Mapping, steps) -> np.ndarray:
+    """The NCE at each step averaged over seeds, from ``per_step[step][seed]`` per-image log-probs."""
+    return np.array([np.mean([lp.mean() for lp in per_step[t].values()]) for t in steps])
+
+
 def _difference(s: DynamicsSummary, layer: str, a: tuple[str, int], b: tuple[str, int]) -> Difference:
     """NCE(regime a[0], step a[1]) − NCE(b) at ``layer`` with its noise: per seed as common random numbers
     when the run paired its seeds (``seed_paired_difference``), else the main models' paired test-set s.e.
@@ -167,8 +172,7 @@ class RiseAndFall:
 def rise_and_fall(s: DynamicsSummary, regime: str, layer: str) -> RiseAndFall:
     steps = s.steps
     if s.by_seed:  # the peak of the seed-averaged curve
-        per_seed = s.by_seed[regime][layer]
-        nats = [np.mean([lp.mean() for lp in per_seed[t].values()]) for t in steps]
+        nats = seed_mean_curve(s.by_seed[regime][layer], steps)
     else:
         nats = [s.nce[regime][layer][t].value for t in steps]
     peak = steps[int(np.argmax(nats))]

@@ -20,7 +20,7 @@ import numpy as np
 from inversion import paper
 from inversion.bounds import difference_noise, seed_paired_difference
 from inversion.reports.common import FIGURE_WIDTH_IN, REGIME_COLOURS, Claim, Estimate, layer_label, markdown_table, md
-from inversion.reports.dynamics import per_seed_log_probs, seed_spread
+from inversion.reports.dynamics import per_seed_log_probs, seed_mean_curve, seed_spread
 
 SATURATION_TOLERANCE = 0.01  # "at log N": within 1 % of log N
 WIDE_LAYER_UNITS = 100  # "a layer with very many units": more than this
@@ -600,7 +600,7 @@ def findings(s: EstimatorSummary) -> Findings:
                 continue
             by_seed = s.nce_by_seed.get(rg, {}).get(l)
             if by_seed:  # the seed-averaged curve; its range per seed, paired (common random numbers)
-                nats = np.array([np.mean([lp.mean() for lp in by_seed[t].values()]) for t in s.steps])
+                nats = seed_mean_curve(by_seed, s.steps)
                 hi, lo = int(np.argmax(nats)), int(np.argmin(nats))
                 p = seed_paired_difference(by_seed[s.steps[hi]], by_seed[s.steps[lo]]) if hi != lo else None
                 nce_range, z = (p.value, p.value / p.noise) if p is not None and p.noise > 0 else (0.0, 0.0)
