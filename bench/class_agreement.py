@@ -38,7 +38,9 @@ def main(argv=None) -> int:
 
     rows = []
     for steps in args.steps:
-        layers = {"datasets": [args.dataset], "layers": args.layers, "inversion": {"steps": steps}}
+        # Through per_dataset: a set's per_dataset entry (quick's MNIST steps) beats a section-wide value.
+        layers = {"datasets": [args.dataset], "layers": args.layers,
+                  "per_dataset": {args.dataset: {"inversion": {"steps": steps}}}}
         if args.n_images:
             layers["evaluation"] = {"n_images": args.n_images}
         P = pipeline.load_params(args.params, {"layers": layers})
