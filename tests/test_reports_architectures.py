@@ -111,3 +111,20 @@ def test_warm_started_rows_show_each_gain_over_p_x_and_call_a_reversal_of_loose_
     assert all(c.why is None for c in rows.values() if c.status == "reproduced")
     # from scratch (no gains): no such words
     assert not any("p(x)" in (c.ours + (c.why or "")) for c in architecture_claims(s))
+
+
+def test_geometry_rows_not_reproduced_say_when_the_samples_are_not_digits():
+    """The geometry of samples that are not digits of their input's class says little: a row that is not
+    reproduced names the networks whose samples mostly lose the class, with the measured share."""
+    s = summary(gmp_orientation=LOST, gmp_ink=LOST)
+    few = ArchitectureSummary(**{**s.__dict__, "agreement": {"fc": 0.9, "conv": 0.9, "conv_gmp": 0.18}})
+    assert few.few_digits == ["conv_gmp"]
+    claims = {c.claim: c for c in architecture_claims(few)}
+    rot = claims["global pooling: FC3 samples keep the digit's rotation"]
+    assert rot.reproduced is not True and "only 18 % of the conv + global max pool network's samples" in rot.why and "not yet digits" in rot.why
+    # reproduced rows get no note, nor do rows about networks whose samples keep the class
+    assert claims["global pooling: FC3 samples do not keep the digit's position (Fig. 4)"].why is None
+    assert "not yet digits" not in (claims["conv: FC3 samples keep the digit's position"].why or "")
+    # samples that keep the class: no note anywhere
+    digits = ArchitectureSummary(**{**few.__dict__, "agreement": {a: 0.9 for a in ARCHS}})
+    assert digits.few_digits == [] and all("not yet digits" not in (c.why or "") for c in architecture_claims(digits))
