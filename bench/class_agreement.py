@@ -2,11 +2,12 @@
 class, and the NCE, as the inversion model trains longer (issue 14's target: >= 80 % at MNIST FC3 and LOGITS).
 
     python bench/class_agreement.py [--params quick] [--dataset mnist] [--layers fc3] [--steps 450 1350 2700]
+                                    [--tag -layers]
 
 Everything but the inversion model's ``steps`` is the parameter set's §5.1 (same classifier, model size,
 learning rate and its per-update decay, Table 1's images and samples per image), so the first point is the
 book's own model. The stages go through the set's stage cache (shared with the book: what the book computed
-is reused). Writes bench/results/class_agreement-<set>-<dataset>.{json,md}, atomically.
+is reused). Writes bench/results/class_agreement-<set>-<dataset><tag>.{json,md}, atomically.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", nargs="+", type=int, default=[450, 1350, 2700])
     ap.add_argument("--n-images", type=int, default=None, help="Table 1 images (default: the set's)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--tag", default="", help="appended to the result files' name, e.g. -layers")
     args = ap.parse_args(argv)
     if any(s < 1 for s in args.steps):
         ap.error(f"--steps {args.steps}: every step count must be >= 1")
@@ -58,12 +60,13 @@ def main(argv=None) -> int:
                   f"± {r['nats_stderr']:.1f} nats, trained in {r['train_minutes']:.1f} min", flush=True)
 
     out = Path(args.out)
-    name = f"class_agreement-{args.params}-{args.dataset}"
+    name = f"class_agreement-{args.params}-{args.dataset}{args.tag}"
     payload = dict(args=vars(args), rows=rows, provenance=provenance())
     atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=1))
     lines = [f"# Class agreement of §5.1's samples against training length ({args.params}, {args.dataset})", "",
              f"`python bench/class_agreement.py --params {args.params} --dataset {args.dataset} "
-             f"--layers {' '.join(args.layers)} --steps {' '.join(map(str, args.steps))}` at commit "
+             f"--layers {' '.join(args.layers)} --steps {' '.join(map(str, args.steps))}"
+             + (f" --tag={args.tag}" if args.tag else "") + "` at commit "
              f"{payload['provenance']['commit'][:10]} on {payload['provenance']['device']}.", "",
              "Class agreement: the fraction of samples the classifier assigns the input's class (chance 10 %; its "
              "binomial s.e. understates the noise, since the 10 samples of one image are not independent). "
