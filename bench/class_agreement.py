@@ -2,7 +2,7 @@
 class, and the NCE, as the inversion model trains longer (issue 14's target: >= 80 % at MNIST FC3 and LOGITS).
 
     python bench/class_agreement.py [--params quick] [--dataset mnist] [--layers fc3] [--steps 450 1350 2700]
-                                    [--tag -layers]
+                                    [--tag=-layers]
 
 Everything but the inversion model's ``steps`` is the parameter set's §5.1 (same classifier, model size,
 learning rate and its per-update decay, Table 1's images and samples per image), so the first point is the
