@@ -15,16 +15,13 @@ import numpy as np
 
 from inversion import digit_geometry, paper
 from inversion.bounds import SeedPairedDifference, difference_noise, paired_difference, seed_paired_difference
-from inversion.reports.common import Claim, Difference, Estimate, Power, SeedSpread, decide, fmt, image_grid, \
-    undecided_why
+from inversion.reports.common import DIGITS, Claim, Difference, Estimate, Power, SeedSpread, decide, fmt, \
+    image_grid, undecided_why
 
 ARCH_LABELS = {"fc": "fully connected", "conv": "conv", "conv_gmp": "conv + global max pool"}
 # The geometry ratio (error to own input / error to other same-class inputs) at or above which samples count
 # as about as far from their own input as from any other digit of the class, i.e. the property discarded.
 DISCARDED = 0.75
-# Samples count as digits of their input's class when the network's own classifier gives most of them that
-# class (chance: 10 %). Below it the geometry measures strokes and blotches, not the digits of Fig. 4.
-DIGITS = 0.5
 PAIRS = (("conv", "fc"), ("conv", "conv_gmp"), ("conv_gmp", "fc"))  # NCE differences, as the paper states them
 
 

@@ -23,6 +23,10 @@ DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "affnist":
                   "cifar10": "CIFAR-10"}
 REGIME_LABELS = {"regular": "regular", "overfit": "overfitted (100 examples, no dropout)"}
 REGIME_COLOURS = {"regular": "tab:blue", "overfit": "tab:red"}  # the paper's Fig. 5b: blue regular, red overfitted
+# Samples count as digits of their input's class when the classifier gives most of them the class it gives
+# their input (chance: 10 %): then they show *what* a layer keeps (§5.1's FC3 and LOGITS, §5.2's geometry);
+# below it they are strokes and blotches, and show mainly *that* the layer leaves much undetermined.
+DIGITS = 0.5
 
 
 def layer_label(name: str) -> str:
