@@ -26,13 +26,18 @@ def _git(*args: str, cwd: str | os.PathLike = REPO) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def commit() -> dict:
-    """{"commit": sha or "unknown", "dirty": bool or None}."""
-    sha = os.environ.get("INVERSION_COMMIT") or _git("rev-parse", "HEAD")
+def commit(repo: str | os.PathLike = REPO) -> dict:
+    """{"commit": sha or "unknown", "dirty": bool or None}.
+
+    ``dirty``: whether a tracked file outside ``cache/`` differs from the commit. The committed stage results
+    under ``cache/`` are data, not code: a stage that rewrites one (a result imported without its checkpoint
+    is recomputed when a later stage needs the checkpoint) does not change what the next stage runs, so it
+    must not mark every later result as computed from uncommitted code."""
+    sha = os.environ.get("INVERSION_COMMIT") or _git("rev-parse", "HEAD", cwd=repo)
     if "INVERSION_DIRTY" in os.environ:
         dirty = os.environ["INVERSION_DIRTY"] not in ("", "0", "false")
     else:
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)cache", cwd=repo)
         dirty = None if status is None else bool(status)
     return {"commit": sha or "unknown", "dirty": dirty}
 
