@@ -44,8 +44,8 @@ def inversion_overrides(items: list[str], ap: argparse.ArgumentParser) -> dict:
     return out
 
 
-def models(args, steps: int, inversion: dict) -> list[tuple[str, object, dict]]:
-    """(label, cache, {"inversion", "nce", "samples"} refs) of the models this point trains."""
+def models(args, steps: int, inversion: dict) -> tuple[str, list[tuple[str, object, dict]]]:
+    """The dataset, and (label, cache, {"inversion", "nce", "samples"} refs) of the models this point trains."""
     inversion = {**inversion, "steps": steps}
     if args.section == "layers":
         # Through per_dataset: a set's per_dataset entry (quick's MNIST steps) beats a section-wide value.
@@ -55,16 +55,16 @@ def models(args, steps: int, inversion: dict) -> list[tuple[str, object, dict]]:
             layers["evaluation"] = {"n_images": args.n_images}
         P = pipeline.load_params(args.params, {"layers": layers})
         plan = layers_plan(P, args.dataset)["layers"]
-        labels = args.layers
+        labels, dataset = args.layers, args.dataset
     else:
         section = {"archs": args.archs, "inversion": inversion}
         if args.n_images:
             section["evaluation"] = {"n_images": args.n_images}
         P = pipeline.load_params(args.params, {"architectures": section})
         plan = architectures_plan(P)
-        labels = args.archs
+        labels, dataset = args.archs, P.section("architectures").dataset
     cache = pipeline.Cache(P, progress=True)
-    return [(label, cache, plan[label]) for label in labels]
+    return dataset, [(label, cache, plan[label]) for label in labels]
 
 
 def main(argv=None) -> int:
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="quick")
     ap.add_argument("--section", choices=("layers", "architectures"), default="layers",
                     help="§5.1's layers of one dataset, or §5.2's networks on affNIST")
-    ap.add_argument("--dataset", default="mnist", help="layers only (architectures: the section's, affNIST)")
+    ap.add_argument("--dataset", default="mnist", help="layers only (architectures: the section's)")
     ap.add_argument("--layers", nargs="+", default=["fc3"], help="layers only")
     ap.add_argument("--archs", nargs="+", default=["conv"], help="architectures only: fc, conv, conv_gmp")
     ap.add_argument("--steps", nargs="+", type=int, default=[450, 1350, 2700])
@@ -90,7 +90,8 @@ def main(argv=None) -> int:
 
     rows = []
     for steps in args.steps:
-        for label, cache, refs in models(args, steps, inversion):
+        dataset, trained = models(args, steps, inversion)
+        for label, cache, refs in trained:
             inv, nce, samples = (cache.result(refs[k]) for k in ("inversion", "nce", "samples"))
             rows.append(dict(model=label, steps=steps, nats=nce.metrics["nats"], nats_stderr=nce.metrics["stderr"],
                              class_agreement=samples.metrics["class_agreement"],
@@ -100,12 +101,11 @@ def main(argv=None) -> int:
             print(f"{label} {steps} steps: class agreement {r['class_agreement']:.1%}, NCE {r['nats']:.1f} "
                   f"± {r['nats_stderr']:.1f} nats, trained in {r['train_minutes']:.1f} min", flush=True)
 
-    dataset = args.dataset if args.section == "layers" else "affnist"
     out = Path(args.out)
     name = f"class_agreement-{args.params}-{dataset}{args.tag}"
     payload = dict(args=vars(args), rows=rows, provenance=provenance())
     atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=1))
-    what = "layers" if args.section == "layers" else "networks"
+    column = "layer" if args.section == "layers" else "network"
     command = (f"python bench/class_agreement.py --params {args.params} --section {args.section} "
                + (f"--dataset {args.dataset} --layers {' '.join(args.layers)}" if args.section == "layers"
                   else f"--archs {' '.join(args.archs)}")
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
              "(chance 10 %; its binomial s.e. understates the noise, since the samples of one image are not "
              "independent). NCE on the set's test images, ± its s.e. Train minutes: wall time of the inversion stage "
              "(a warm-started model's excludes its unconditional model's).", "",
-             f"| {what[:-1]} | steps | class agreement | samples | NCE (nats) | train min |",
+             f"| {column} | steps | class agreement | samples | NCE (nats) | train min |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['model']} | {r['steps']} | {r['class_agreement']:.1%} | {r['n_samples']} | "
               f"{r['nats']:.1f} ± {r['nats_stderr']:.1f} | {r['train_minutes']:.1f} |" for r in rows]

@@ -41,7 +41,8 @@ from inversion.models.pixelcnn import Dropout, PixelCNNConfig, PixelCNNpp, train
 from inversion.provenance import provenance  # noqa: E402
 
 # Model shapes (model keywords, batch): issue 14's profile, a CIFAR-like colour model conditioned on an FC3
-# vector; and the quick set's inversion models (§5.1: 16 filters, batch 32; §5.3, and §5.2 until 2026-12-02: 8 filters, batch 16).
+# vector; and the quick set's inversion models (§5.1: 16 filters, batch 32; §5.3, and §5.2 until 2026-12-02:
+# 8 filters, batch 16).
 SHAPES = {
     "profile": (dict(image_shape=(3, 32, 32), context_shape=(256,), n_filters=80, n_resnet=3,
                      likelihood="logistic_mixture", n_mixtures=10, dropout=0.5), 8),
@@ -190,7 +191,8 @@ def main(argv=None) -> int:
           "Step time (forward, backward, Adam), median over the timed steps, variants interleaved. Shapes: "
           "profile = 80 filters, 3 resnets, 3x32x32 logistic mixture, FC3 context, batch 8, dropout 0.5; "
           "quick-layers = 16 filters, 1 resnet, 1x28x28 softmax, batch 32, no dropout (quick §5.1); "
-          "quick-small = 8 filters, batch 16 (quick §5.3; §5.2 until 2026-12-02). The warm-up is 2 steps (a compile included).", "",
+          "quick-small = 8 filters, batch 16 (quick §5.3; §5.2 until 2026-12-02). "
+          "The warm-up is 2 steps (a compile included).", "",
           "| shape | variant | ms/step | × baseline | warm-up s |", "| --- | --- | ---: | ---: | ---: |"]
     md += [f"| {r['shape']} | {r['variant']} | {r['step_ms']:.0f} | {r['speedup']:.2f} | {r['warmup_s']:.0f} |"
            for r in timing]
