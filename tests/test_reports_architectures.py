@@ -89,6 +89,20 @@ def test_a_test_whose_control_behaves_the_same_is_no_test():
         "no test"
 
 
+def test_the_mse_reconstruction_must_show_less_rotation_than_the_samples():
+    """The quick run's case (2026-12-02): samples and MSE reconstruction both at orientation ratio 0.87, the
+    samples' -5.39 ± 2.05 past 2 s.e., the single reconstruction's -5.78 ± 3.70 not. That is no evidence that
+    the reconstruction loses the rotation: it must be farther from the input's orientation than the samples."""
+    claim = "global pooling: the MSE reconstruction does not show the rotation that the samples keep"
+    samples = Kept(error=35.25, baseline=40.64, ratio=0.87, diff=-5.39, diff_stderr=2.05, n_inputs=42)
+    as_much = Kept(error=37.28, baseline=43.06, ratio=0.87, diff=-5.78, diff_stderr=3.70, n_inputs=42)
+    got = {c.claim: c for c in architecture_claims(summary(gmp_orientation=samples, gmp_mse_orientation=as_much))}
+    assert got[claim].status == "undecided" and "reconstruction − samples -0.39 ± 4.23" in got[claim].ours
+    both = {c.claim: c for c in architecture_claims(summary(gmp_mse_orientation=KEPT))}
+    assert both[claim].status == "contradicted"
+    assert {c.claim: c for c in architecture_claims(summary())}[claim].status == "reproduced"
+
+
 def test_missing_networks_drop_their_claims():
     s = summary()
     only = ArchitectureSummary(**{**s.__dict__, "archs": ["conv", "conv_gmp"],
