@@ -251,8 +251,8 @@ def _geometry_claims(s: ArchitectureSummary) -> list[Claim]:
         # The reconstruction must be farther from its input's orientation than the samples are, by 2 s.e. of
         # the difference (the two errors' s.e. combined as if independent: conservative, they share inputs).
         gap = Difference(km.diff - ks.diff, float(np.hypot(km.diff_stderr, ks.diff_stderr)))
-        shown_less = gap.value > 2 * gap.noise
-        rot_ok = None if not ks.kept else False if km.kept and not shown_less else True if shown_less else None
+        shown_less = decide(gap) is True
+        rot_ok = None if not ks.kept else True if shown_less else False if km.kept else None
         out.append(Claim(
             claim="global pooling: the MSE reconstruction does not show the rotation that the samples keep",
             paper="yes (by eye)", ours=f"orientation ratio: samples {fmt(ks.ratio, '.2f')}, MSE reconstruction "
