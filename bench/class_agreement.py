@@ -5,7 +5,7 @@ LOGITS, and §5.2's affNIST FC3 samples recognisable digits by the same measure)
     python bench/class_agreement.py [--params quick] [--dataset mnist] [--layers fc3] [--steps 450 1350 2700]
                                     [--tag=-layers]
     python bench/class_agreement.py --section architectures [--archs conv] [--steps 500 1000]
-                                    [--inversion n_filters=16 warm_start_steps=3000] [--tag=-16f]
+                                    [--inversion n_filters=16 warm_start_steps=3000] [--tag=-16f] [--compile]
 
 Everything but the inversion model's ``steps`` (and, with ``--inversion``, the fields it names) is the parameter
 set's §5.1 or §5.2 (same classifier, model size, learning rate and its per-update decay, images and samples per
@@ -63,7 +63,7 @@ def models(args, steps: int, inversion: dict) -> tuple[str, list[tuple[str, obje
         P = pipeline.load_params(args.params, {"architectures": section})
         plan = architectures_plan(P)
         labels, dataset = args.archs, P.section("architectures").dataset
-    cache = pipeline.Cache(P, progress=True)
+    cache = pipeline.Cache(P, progress=True, compile=args.compile)
     return dataset, [(label, cache, plan[label]) for label in labels]
 
 
@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-images", type=int, default=None, help="images sampled (default: the set's)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--tag", default="", help="appended to the result files' name, e.g. -layers")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the inversion models' training "
+                    "(as `pipeline run --compile`: the same stages, faster from a few thousand steps)")
     args = ap.parse_args(argv)
     if any(s < 1 for s in args.steps):
         ap.error(f"--steps {args.steps}: every step count must be >= 1")

@@ -132,6 +132,26 @@ def test_cache_computes_once_and_records_provenance(cache):
     assert CALLS["consumer"] == 2 and CALLS["producer"] == 1
 
 
+@stage("_test_execution", "1", ConsumerConfig)
+def EXECUTION(ctx):
+    if ctx.compile:  # as the PixelCNN++ stages do (inversion.pipeline.layers._fit_pixelcnn)
+        ctx.execution["compiled"] = True
+    return {"offset": ctx.config.offset}
+
+
+def test_compile_is_how_a_stage_runs_not_what_it_is(tmp_path):
+    """Cache(compile=True) reaches the stage body, does not change the key, and is recorded in the provenance;
+    an eager run records nothing, as every result from before the option does."""
+    r = ref(EXECUTION, {"offset": 4})
+    eager = Cache(Params("unit", {}), root=tmp_path / "eager", device="cpu", log=lambda m: None).result(r)
+    compiled = Cache(Params("unit", {}), root=tmp_path / "compiled", device="cpu", log=lambda m: None,
+                     compile=True).result(r)
+    assert eager.dir.name == compiled.dir.name == r.dirname
+    prov = {name: json.loads((res.dir / "result.json").read_text())["provenance"] for name, res in
+            (("eager", eager), ("compiled", compiled))}
+    assert "compiled" not in prov["eager"] and prov["compiled"]["compiled"] is True
+
+
 def test_failed_stage_leaves_no_result_and_resumes_from_its_work_dir(cache):
     r = ref(FLAKY, {"fail_until": 1})
     with pytest.raises(RuntimeError, match="killed"):

@@ -726,7 +726,8 @@ def _log1mexp(d):
 # Training
 # --------------------------------------------------------------------------------------------------
 def train_pixelcnn(model: PixelCNNpp, images, contexts, workdir, config: PixelCNNConfig, *, valid=None, device=None,
-                   progress=True, checkpoint_every=500, desc="pixelcnn", data_init=True) -> TrainResult:
+                   progress=True, checkpoint_every=500, desc="pixelcnn", data_init=True,
+                   compile: bool = False) -> TrainResult:
     """Maximum likelihood training of an inversion model on (image, context) pairs; resumable.
 
     Appendix A: Adam (betas 0.95, 0.9995, as in PixelCNN++), ``config.lr`` 1e-3 with a multiplicative decay
@@ -740,11 +741,15 @@ def train_pixelcnn(model: PixelCNNpp, images, contexts, workdir, config: PixelCN
     given (also in workdir/best.pt), else with the last ones (in workdir/state.pt). workdir/config.json
     records the run, so ``load_trained(PixelCNNpp, workdir)`` rebuilds it; it leaves out ``config.steps``,
     so that a later call with more steps on the same workdir continues the run instead of refusing it.
+
+    ``compile`` (like ``device``) is how the run is executed, not what it trains: ``TrainConfig.compile``. It is
+    left out of config.json, so a run may be resumed with or without it.
     """
     write_run_config(workdir, dict(model=model.config, lr=config.lr, lr_decay=config.lr_decay,
                                    batch_size=config.batch_size, bf16=config.bf16, seed=config.seed))
     loop = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, lr_decay=config.lr_decay,
                        adam_betas=(0.95, 0.9995), eval_every=config.eval_every, patience=config.patience,
-                       checkpoint_every=checkpoint_every, bf16=config.bf16, seed=config.seed, progress=progress)
+                       checkpoint_every=checkpoint_every, bf16=config.bf16, compile=compile, seed=config.seed,
+                       progress=progress)
     return fit_density(model, images, contexts, workdir, loop, valid=valid, device=device, desc=desc,
                        data_init=data_init)

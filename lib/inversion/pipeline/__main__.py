@@ -46,6 +46,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="compute every missing stage of the parameter set")
     run.add_argument("--device", default=None, help="cpu / cuda (default: the set's device, auto = cuda if present)")
     run.add_argument("--progress", action="store_true", help="tqdm progress bars for training")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the PixelCNN++ inversion models' training: the same stages (not part of "
+                          "any key, recorded in their provenance), ~1.65x faster steps on a CPU after ~3 min of "
+                          "compiling per model shape; pays for stages of thousands of steps")
     run.add_argument("--workers", type=int, default=0, metavar="N",
                      help="run stages in parallel on a local Dask cluster of N worker processes (on cuda: one per "
                           "GPU, at most N); 0 (default): one after another in this process")
@@ -100,7 +104,7 @@ def _run(args) -> int:
         return 0
     device = _device(args, P)
     cache = Cache(P, root=args.cache, device=device, progress=getattr(args, "progress", False),
-                  group=_group(args, device))
+                  group=_group(args, device), compile=getattr(args, "compile", False))
     the_plan = plan(P, args.only)
     if args.cmd == "list":
         rows = list(iter_refs(the_plan))
@@ -195,7 +199,7 @@ def _run_parallel(args, cache: Cache, refs) -> int:
     workers = args.workers or 0
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
     job = Job(cache.params, root=str(cache.root.parent), device=cache.device, progress=args.progress,
-              threads=threads)
+              threads=threads, compile=cache.compile)
     client = connect(args.scheduler, cache.device, workers, threads)
     try:
         try:

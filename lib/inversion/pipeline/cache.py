@@ -245,12 +245,15 @@ class Result:
 
 
 class Context:
-    """What a stage's body sees: its typed config, its dependencies, output and work directories, device."""
+    """What a stage's body sees: its typed config, its dependencies, output and work directories, device, and
+    whether to compile its PixelCNN++ training (``Cache``'s ``compile``)."""
 
     def __init__(self, cache: "Cache", r: Ref, out: Path, work: Path):
         self.cache, self.ref, self.out, self.work = cache, r, out, work
         self.config = r.settings
         self.device = torch.device(cache.device)
+        self.compile = cache.compile
+        self.execution: dict = {}  # how the body ran, beyond the device (e.g. compiled): into the provenance
         self.progress = cache.progress and (cache.group is None or cache.group.is_main)
 
     def dep(self, name: str, need: tuple[str, ...] = ()) -> Result:
@@ -310,11 +313,15 @@ class Cache:
     running it: a chapter built with ``compute=False`` only reads results.
     group: the torchrun process group (``inversion.distributed.from_environment``) when this process is one
     rank of a data-parallel run: rank 0 decides what to compute and writes; see ``result``.
+    compile: train the PixelCNN++ inversion models (inversion, unconditional, warm_inversion) with
+    ``torch.compile`` (``TrainConfig.compile``): the same stages, equal up to float rounding, faster from a
+    few thousand steps. Like the device it is not part of any key; a stage trained so records
+    ``"compiled": true`` in its provenance (through ``Context.execution``).
     """
 
     def __init__(self, params: Params, root: str | os.PathLike | None = None, device: str | None = None,
                  compute: bool = True, progress: bool = False, log: Callable[[str], None] = _default_log,
-                 group: distributed.Group | None = None):
+                 group: distributed.Group | None = None, compile: bool = False):
         if not isinstance(params, Params):
             raise TypeError("Cache takes a loaded parameter set: inversion.pipeline.load_params(name)")
         self.params = params
@@ -322,6 +329,7 @@ class Cache:
         self.root = base / self.params.name
         self.device = device or self.params.device
         self.compute, self.progress = compute, progress
+        self.compile = compile
         self.group = group
         self.log = log if group is None or group.is_main else (lambda msg: None)
         self.computed: list[str] = []  # dirnames computed by this Cache object, in order
@@ -430,6 +438,7 @@ class Cache:
         wall = time.perf_counter() - t0 - (self._compute_seconds - before)
         self._compute_seconds += wall
         extra = {} if self.group is None else {"processes": self.group.world_size}
+        extra.update(ctx.execution)
         info = dict(
             stage=r.stage.name, key=r.key, version=r.stage.version, config=r.config,
             deps={k: v.dirname for k, v in r.deps.items()},

@@ -49,6 +49,7 @@ class Job:
     device: str
     progress: bool = False
     threads: int = 0  # torch threads per task; 0 leaves the worker's default
+    compile: bool = False  # torch.compile the PixelCNN++ training (Cache's compile)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def run_stage(job: Job, r: Ref, *upstream) -> tuple[str, bool]:
             device = f"cuda:{name % torch.cuda.device_count()}"
     if job.threads:
         torch.set_num_threads(job.threads)
-    cache = Cache(job.params, root=job.root, device=device, progress=job.progress)
+    cache = Cache(job.params, root=job.root, device=device, progress=job.progress, compile=job.compile)
     cache.result(r)
     return r.dirname, r.dirname in cache.computed
 

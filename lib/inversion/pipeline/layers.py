@@ -239,7 +239,9 @@ def _fit_pixelcnn(ctx: Context, dataset: str, x_tr, h_tr, valid, start=None) -> 
         model.start_from(start)
     what = getattr(c, "layer", "unconditional")
     res = train_pixelcnn(model, x_tr, h_tr, ctx.work, c, valid=valid, device=ctx.device, progress=ctx.progress,
-                         desc=f"pixelcnn {dataset}/{what}", data_init=start is None)
+                         desc=f"pixelcnn {dataset}/{what}", data_init=start is None, compile=ctx.compile)
+    if ctx.compile:
+        ctx.execution["compiled"] = True
     torch.save(model.state_dict(), ctx.out / "model.pt")  # train_pixelcnn left the best weights in model
     (ctx.out / "model.json").write_text(json.dumps(model.config, indent=1))
     losses = [row["loss"] for row in res.history]
