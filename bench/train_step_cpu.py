@@ -13,10 +13,13 @@ every variant alike, for:
 Then it trains the quick set's MNIST model shape (16 filters, 1 resnet, softmax; dropout 0.5 so the masks
 matter) on real MNIST for ``--steps`` updates per variant and seed, through the library's
 ``train_pixelcnn``, and reports the test bits/dim on ``--n-test`` images: a change of recipe is harmless if
-its bits/dim differ from the baseline's by no more than seeds differ from each other.
+its bits/dim differ from the baseline's by no more than seeds differ from each other. Which variants train:
+the baseline and the adopted recipes, or with ``--quality compile`` bf16 eager against bf16 + torch.compile
+(``TrainConfig.compile``, for long stages; its dropout masks come from inductor's generator).
 
     python bench/train_step_cpu.py [--time-steps 8] [--steps 300] [--seeds 0 1] [--n-test 1000]
     python bench/train_step_cpu.py --shapes quick-layers quick-small --compile --steps 0 --out .../train_step_cpu-quick
+    python bench/train_step_cpu.py --shapes quick-affnist --compile --quality compile --out .../train_step_cpu-compile
 
 Writes bench/results/train_step_cpu.{json,md} (device, torch, commit, date) and prints the tables.
 """
@@ -42,7 +45,7 @@ from inversion.provenance import provenance  # noqa: E402
 
 # Model shapes (model keywords, batch): issue 14's profile, a CIFAR-like colour model conditioned on an FC3
 # vector; and the quick set's inversion models (§5.1: 16 filters, batch 32; §5.3, and §5.2 until 2026-12-02:
-# 8 filters, batch 16).
+# 8 filters, batch 16; §5.2 since then: 16 filters, batch 32 on affNIST's 40x40).
 SHAPES = {
     "profile": (dict(image_shape=(3, 32, 32), context_shape=(256,), n_filters=80, n_resnet=3,
                      likelihood="logistic_mixture", n_mixtures=10, dropout=0.5), 8),
@@ -50,6 +53,8 @@ SHAPES = {
                           likelihood="softmax", dropout=0.0), 32),
     "quick-small": (dict(image_shape=(1, 28, 28), context_shape=(256,), n_filters=8, n_resnet=1,
                          likelihood="softmax", dropout=0.0), 16),
+    "quick-affnist": (dict(image_shape=(1, 40, 40), context_shape=(256,), n_filters=16, n_resnet=1,
+                           likelihood="softmax", dropout=0.0), 32),
 }
 # (name, masks from nn.Dropout's bernoulli_?, bf16 autocast?, channels_last?, torch.compile?)
 VARIANTS = [("fp32, nn.Dropout (baseline)", True, False, False, False),
@@ -117,7 +122,7 @@ def time_steps(shape: str, variants: list, steps: int, warmup: int) -> list[dict
 
 
 def train_bits_per_dim(variant: tuple, seed: int, steps: int, n_test: int, train, test) -> dict:
-    name, bernoulli, bf16, channels_last, _ = variant
+    name, bernoulli, bf16, channels_last, compiled = variant
     config = PixelCNNConfig(n_filters=16, n_resnet=1, n_resolutions=3, likelihood="softmax", dropout=0.5,
                             steps=steps, batch_size=32, lr=1e-3, lr_decay=0.9999, bf16=bf16, eval_every=0,
                             seed=seed)
@@ -129,7 +134,7 @@ def train_bits_per_dim(variant: tuple, seed: int, steps: int, n_test: int, train
         model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        train_pixelcnn(model, train, None, workdir, config, progress=False)
+        train_pixelcnn(model, train, None, workdir, config, progress=False, compile=compiled)
     train_s = time.perf_counter() - t0
     model.eval()
     with torch.no_grad():
@@ -149,6 +154,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", default=["profile"], choices=list(SHAPES), help="model shapes to time")
     ap.add_argument("--compile", action="store_true", help="also time bf16 + torch.compile (inductor's C++ backend; "
                     "its compile time is reported as the warm-up)")
+    ap.add_argument("--quality", choices=("adopted", "compile"), default="adopted",
+                    help="which variants train for bits/dim: the baseline and the adopted recipes (fp32 and bf16 "
+                         "with uniform-mask Dropout), or bf16 eager against bf16 + torch.compile")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_step_cpu")
     args = ap.parse_args(argv)
     for name in ("time_steps", "n_test", "threads"):
@@ -170,7 +178,9 @@ def main(argv=None) -> int:
         train_x, _ = load("mnist", "train")
         test_x, _ = load("mnist", "test")
         test_x = test_x[:args.n_test]
-        for variant in VARIANTS[:2] + VARIANTS[3:4]:   # the baseline and the two recipes worth adopting
+        # the baseline and the two recipes adopted; with --quality compile, bf16 eager against bf16 compiled
+        chosen = VARIANTS[:2] + VARIANTS[3:4] if args.quality == "adopted" else [VARIANTS[3], COMPILED]
+        for variant in chosen:
             for seed in args.seeds:
                 r = train_bits_per_dim(variant, seed, args.steps, args.n_test, train_x, test_x)
                 quality.append(r)
@@ -191,7 +201,8 @@ def main(argv=None) -> int:
           "Step time (forward, backward, Adam), median over the timed steps, variants interleaved. Shapes: "
           "profile = 80 filters, 3 resnets, 3x32x32 logistic mixture, FC3 context, batch 8, dropout 0.5; "
           "quick-layers = 16 filters, 1 resnet, 1x28x28 softmax, batch 32, no dropout (quick §5.1); "
-          "quick-small = 8 filters, batch 16 (quick §5.3; §5.2 until 2026-12-02). "
+          "quick-small = 8 filters, batch 16 (quick §5.3; §5.2 until 2026-12-02); quick-affnist = 16 filters, "
+          "1 resnet, 1x40x40 softmax, batch 32 (quick §5.2). "
           "The warm-up is 2 steps (a compile included).", "",
           "| shape | variant | ms/step | × baseline | warm-up s |", "| --- | --- | ---: | ---: | ---: |"]
     md += [f"| {r['shape']} | {r['variant']} | {r['step_ms']:.0f} | {r['speedup']:.2f} | {r['warmup_s']:.0f} |"

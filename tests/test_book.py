@@ -53,6 +53,14 @@ def test_chapter_sources_are_text_notebooks():
         assert re.search(rf"(root|file): {name}\b", toc), f"{name} is not in _toc.yml"
 
 
+def test_build_book_refuses_a_compile_setting_it_cannot_read(tmp_path):
+    """COMPILE=yes must not silently build without compiling: only 0 and 1 are read."""
+    env = {**os.environ, "COMPILE": "yes"}
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "build_book.py"), "--out", str(tmp_path),
+                           "--no-execute", "--no-build"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "COMPILE='yes': write COMPILE=1" in proc.stderr
+
+
 def test_every_chapter_runs_under_nbval_with_the_smoke_set(workspace):
     root, env = workspace
     import jupytext

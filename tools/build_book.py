@@ -1,10 +1,12 @@
 """Build the book: execute every chapter with papermill and a parameter set, then build the static site.
 
     python tools/build_book.py [--params quick] [--out book] [--only layers ...] [--no-build] [--no-execute]
-                               [--workers N]
+                               [--workers N] [--compile]
 
 0. With --workers N (or $WORKERS), the chapters' stages are first computed on a local Dask cluster of N
-   processes (inversion.pipeline.engine); the chapters then find them in the cache.
+   processes (inversion.pipeline.engine); with --compile (or $COMPILE=1), first computed with their
+   PixelCNN++ training compiled (``pipeline run --compile``: the same stages, faster from a few thousand
+   steps), on those workers or in one process. The chapters then find them in the cache.
 1. chapters/<name>.md (MyST-markdown jupytext notebooks, the only sources) are converted in memory and
    executed by papermill with ``params=<set>`` into <out>/<name>.ipynb. The introduction runs last, so it
    can report what the other chapters computed. Heavy steps are cached stages (inversion.pipeline), so a
@@ -115,7 +117,12 @@ def main(argv=None) -> int:
                     help="first compute the chapters' stages on a local Dask cluster of N worker processes "
                          "(python -m inversion.pipeline run --workers N); 0 (default): the chapters compute "
                          "them one after another as they execute")
+    ap.add_argument("--compile", action="store_true", default=os.environ.get("COMPILE", "0") == "1",
+                    help="first compute the chapters' stages with their PixelCNN++ training compiled "
+                         "(python -m inversion.pipeline run --compile; on --workers N if given)")
     args = ap.parse_args(argv)
+    if os.environ.get("COMPILE", "0") not in ("0", "1"):
+        ap.error(f"COMPILE={os.environ['COMPILE']!r}: write COMPILE=1 to compile the stages' training, or 0 (default)")
     if args.workers < 0:
         ap.error(f"--workers must be >= 0, got {args.workers}")
     out_dir = Path(args.out).resolve()
@@ -123,17 +130,19 @@ def main(argv=None) -> int:
     chapters = chapter_names()
     info = {"params": args.params, "chapters": {}}
     t_all = time.perf_counter()
-    if not args.no_execute and args.workers and not args.read_only:
+    if not args.no_execute and (args.workers or args.compile) and not args.read_only:
         sections = [c for c in chapters if c in STAGE_SECTIONS and (not args.only or c in args.only)]
-        print(f"computing the stages of {', '.join(sections)} on {args.workers} workers ...", flush=True)
+        how = (f"on {args.workers} workers" if args.workers else "in one process") + (", compiled" if args.compile else "")
+        print(f"computing the stages of {', '.join(sections)} {how} ...", flush=True)
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "inversion.pipeline", "run", "--params", args.params, "--workers",
-               str(args.workers), "--only", *sections]
+               str(args.workers), "--only", *sections] + (["--compile"] if args.compile else [])
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             print("computing the stages failed (see above)", file=sys.stderr)
             return 1
         info["stages_seconds"] = round(time.perf_counter() - t0, 1)
         info["workers"] = args.workers
+        info["compiled"] = args.compile
     if not args.no_execute:
         extra = {"compute": False} if args.read_only else {}
         for name in chapters:
