@@ -130,7 +130,12 @@ def brute_force_mixture_probs(m, x, pos):
         for jj in range(c):
             mean = mean + coeff[:, pair + jj] * xs[jj]
         s = torch.exp(log_s[:, c])
-        mass = torch.sigmoid((upper[None] - mean[:, None]) / s[:, None]) - torch.sigmoid((lower[None] - mean[:, None]) / s[:, None])
+        a = (lower[None] - mean[:, None]) / s[:, None]
+        b = (upper[None] - mean[:, None]) / s[:, None]
+        # sigma(b) - sigma(a) = sigma(-a) - sigma(-b): in the upper tail (a > 0) the second form, else both terms
+        # round to 1 and a bin of log p ~ -340 (seen on an Intel CPU, whose MKL rounds this model differently)
+        # comes out as log 0
+        mass = torch.where(a > 0, torch.sigmoid(-a) - torch.sigmoid(-b), torch.sigmoid(b) - torch.sigmoid(a))
         result.append((weights[:, None] * mass).sum(0) / weights.sum())
         # posterior weights of the components after seeing this channel's true value
         weights = weights * mass[:, int(x[0, c, i, j])]
