@@ -3,6 +3,7 @@ sets and their validation, the explicit registry, the plans, the toy bound's exa
 command line (including its alias ``python -m inversion.stages``)."""
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import pytest
 from inversion import pipeline
 from inversion.pipeline import plans
 from inversion.pipeline.background import toy_distribution, toy_exact_entropies
-from inversion.pipeline.cache import Cache, StageMissing, iter_refs, pack, ref, stage, unpack
+from inversion.pipeline.cache import Cache, CheckpointMismatch, StageMissing, iter_refs, pack, ref, stage, unpack
 from inversion.pipeline.dynamics import SNAPSHOT
 from inversion.pipeline.layers import CLASSIFIER, INVERSION, NCE, layers_plan
 from inversion.pipeline.params import Params
@@ -184,6 +185,28 @@ def test_results_import_without_checkpoints(cache, tmp_path):
     # a new consumer needs the checkpoint: the producer is recomputed (and only then)
     assert imported.result(ref(CONSUMER, {"offset": 1}, producer=prod)).metrics == {"total": 11.0}
     assert CALLS["producer"] == 2 and (other / "unit" / prod.dirname / "model.pt").exists()
+
+
+def test_a_result_records_the_checkpoints_it_made_and_opened_and_refuses_a_foreign_one(cache):
+    """The producer's result.json records its checkpoint's sha256, the consumer's the sha256 of the checkpoint
+    it opened (so results computed in different sessions can be checked to share one start); a checkpoint
+    that is not the one its result.json describes is refused, not silently used."""
+    prod = ref(PRODUCER, {"value": 5})
+    cache.result(ref(CONSUMER, {}, producer=prod))
+    made = json.loads((cache.root / prod.dirname / "result.json").read_text())
+    sha = hashlib.sha256((cache.root / prod.dirname / "model.pt").read_bytes()).hexdigest()
+    assert made["checksums"] == {"model.pt": sha}, "only checkpoints are hashed; arrays keep their sizes"
+    consumer = json.loads((cache.root / ref(CONSUMER, {}, producer=prod).dirname / "result.json").read_text())
+    assert consumer["opened"] == {f"{prod.dirname}/model.pt": sha} and made["opened"] == {}
+    # another run's checkpoint beside this result.json (as when a result.json is restored from git)
+    (cache.root / prod.dirname / "model.pt").write_text("12.5")
+    with pytest.raises(CheckpointMismatch, match=f"{prod.dirname}/model.pt has sha256 .* restored from git"):
+        cache.result(ref(CONSUMER, {"offset": 1}, producer=prod))
+    assert not (cache.root / ref(CONSUMER, {"offset": 1}, producer=prod).dirname).exists()
+    # a result written before checksums were recorded is opened as before
+    del made["checksums"]
+    (cache.root / prod.dirname / "result.json").write_text(json.dumps(made))
+    assert cache.result(ref(CONSUMER, {"offset": 1}, producer=prod)).metrics == {"total": 13.5}
 
 
 def test_compute_false_reads_only(cache):

@@ -19,7 +19,10 @@ temporary directory and renamed into place, so it either exists completely or no
 stage keeps two processes from computing it at once; a killed training stage resumes from its ``.work``
 directory (``inversion.training.fit``). ``result.json`` holds the stage's metrics and its provenance:
 commit and dirty flag, device, torch and Python versions, wall seconds, date, parameter set, full config
-and the keys of its inputs.
+and the keys of its inputs, the sha256 of each checkpoint it wrote (``checksums``) and of each dependency
+file it opened (``opened``). Keys name what was asked for; the checksums name the bytes a result was
+computed from, which differ between machines (a CPU's rounding), so models that must share one start (one
+p(x), one classifier) can be checked to share it when they were trained in different sessions.
 
 What must travel between machines. A stage whose ``result.json`` exists is reused as it is. Checkpoints
 (``*.pt``) are only opened when a downstream stage has to be computed; if one is missing then (results
@@ -60,8 +63,8 @@ from inversion.provenance import provenance
 CACHE_ENV = "INVERSION_CACHE"
 PORTABLE = (".json", ".npz", ".npy")  # what travels between machines: results, not checkpoints
 
-__all__ = ["Stage", "stage", "Ref", "ref", "Result", "Context", "Cache", "StageMissing", "iter_refs", "pack",
-           "unpack", "CACHE_ENV"]
+__all__ = ["Stage", "stage", "Ref", "ref", "Result", "Context", "Cache", "StageMissing", "CheckpointMismatch",
+           "file_sha256", "iter_refs", "pack", "unpack", "CACHE_ENV"]
 
 
 # =========================================================================================================
@@ -216,6 +219,34 @@ class StageMissing(RuntimeError):
     """A stage is not in the cache and computing was switched off (``compute=False``)."""
 
 
+class CheckpointMismatch(RuntimeError):
+    """A stage's checkpoint is not the one its result.json describes (its sha256 differs from the recorded
+    one): the two come from different runs, e.g. a result.json restored from git beside a checkpoint that
+    this checkout recomputed."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verified_sha256(res: "Result", name: str) -> str:
+    """The sha256 of ``res``'s file ``name``, checked against the one its result.json recorded (results
+    written before checksums were recorded have none to check)."""
+    sha = file_sha256(res.path(name))
+    recorded = res.info.get("checksums", {}).get(name)
+    if recorded is not None and recorded != sha:
+        raise CheckpointMismatch(
+            f"{res.dir}/{name} has sha256 {sha[:16]}..., but its result.json was written for {recorded[:16]}...: "
+            "the checkpoint and the result come from different runs (a result.json restored from git beside a "
+            "recomputed checkpoint?). Restore the result.json that came with the checkpoint, or delete the "
+            "checkpoint so that the stage is recomputed.")
+    return sha
+
+
 class Result:
     """A finished stage: ``metrics``, ``config``, ``provenance`` and the files in its directory."""
 
@@ -254,11 +285,20 @@ class Context:
         self.device = torch.device(cache.device)
         self.compile = cache.compile
         self.execution: dict = {}  # how the body ran, beyond the device (e.g. compiled): into the provenance
+        self.opened: dict[str, str] = {}  # "<dependency dir>/<file>": sha256 of each dependency file opened
         self.progress = cache.progress and (cache.group is None or cache.group.is_main)
 
     def dep(self, name: str, need: tuple[str, ...] = ()) -> Result:
-        """The result of the dependency ``name``, with the files in ``need`` present (recomputed if not)."""
-        return self.cache.result(self.ref.deps[name], need=need)
+        """The result of the dependency ``name``, with the files in ``need`` present (recomputed if not).
+
+        Each needed file is checked against the sha256 its result.json recorded (``CheckpointMismatch`` if
+        it differs) and its sha256 goes into this stage's ``opened``: a result says which exact checkpoints
+        it was computed from, so models that must share a start (one p(x), one classifier) can be checked to
+        share it, across sessions and machines."""
+        res = self.cache.result(self.ref.deps[name], need=need)
+        for n in need:
+            self.opened[f"{res.dir.name}/{n}"] = verified_sha256(res, n)
+        return res
 
     def log(self, msg: str) -> None:
         self.cache.log(f"  [{self.ref.dirname}] {msg}")
@@ -444,6 +484,8 @@ class Cache:
             deps={k: v.dirname for k, v in r.deps.items()},
             metrics=_jsonable(_finite(metrics)),
             files={p.name: p.stat().st_size for p in sorted(tmp.iterdir())},
+            checksums={p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.suffix == ".pt"},
+            opened=dict(sorted(ctx.opened.items())),
             provenance=provenance(self.device, wall_s=round(wall, 2), param_set=self.params.name, **extra),
         )
         atomic_write_text(tmp / "result.json", json.dumps(info, indent=1) + "\n")
