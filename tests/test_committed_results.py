@@ -1,8 +1,10 @@
 """The results that come with the repository (cache/quick/ and cache/paper/; README "Committed results").
 
 Each committed result is a whole stage result: its result.json names its stage, key and provenance (a clean
-commit, a device, a date, its parameter set), and every small file it lists is committed beside it, never a
-checkpoint. The quick set's committed results cover its whole plan, so `make book` on a fresh clone renders
+commit, a device, a date, its parameter set), and every small file it lists is committed beside it. A
+checkpoint is committed only where later sessions must start from the same bytes (the p(x) and classifiers
+that several sessions' models start from; README "Committed results"), and then it is the very checkpoint
+that its result.json describes (the sha256 recorded there). The quick set's committed results cover its whole plan, so `make book` on a fresh clone renders
 the quick book without computing; a changed quick parameter fails here until its stages are recomputed and
 committed (`python -m inversion.pipeline run --params quick`, then `git add` what `list` names).
 """
@@ -16,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from inversion import pipeline
-from inversion.pipeline.cache import iter_refs
+from inversion.pipeline.cache import file_sha256, iter_refs
 from inversion.provenance import committed_files
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTABLE = (".json", ".npz", ".npy")
+MAX_CHECKPOINT_BYTES = 4 << 20  # a shared start (a p(x), a classifier of the quick set), not a paper-size model
 
 
 def tracked(folder: str) -> list[str]:
@@ -36,7 +39,8 @@ def test_each_committed_result_is_whole_and_says_where_it_came_from(param_set):
     results = sorted(name for name in files if name.endswith("/result.json"))
     if param_set == "quick":
         assert results, "cache/quick/ has no committed results (README: Committed results)"
-    assert not [f for f in files if not f.endswith(COMMITTABLE)], "only result.json and small npz/npy/json files"
+    odd = [f for f in files if not f.endswith(COMMITTABLE) and not f.endswith(".pt")]
+    assert not odd, f"only result.json, small npz/npy/json files and shared-start checkpoints: {odd[:3]}"
     assert {str(Path(f).parent) for f in files} == {str(Path(r).parent) for r in results}, \
         "a committed file without its stage's result.json"
     for name in results:
@@ -49,6 +53,12 @@ def test_each_committed_result_is_whole_and_says_where_it_came_from(param_set):
         for listed in r.get("files", {}):
             if listed.endswith((".npz", ".npy")):
                 assert str(folder / listed) in files, f"{name} lists {listed}, which is not committed"
+    for name in sorted(f for f in files if f.endswith(".pt")):
+        r = json.loads((REPO / Path(name).parent / "result.json").read_text())
+        sha = file_sha256(REPO / name)
+        assert r.get("checksums", {}).get(Path(name).name) == sha, \
+            f"{name} is committed, but its result.json does not record it (sha256 {sha[:16]}...): another run's"
+        assert (REPO / name).stat().st_size <= MAX_CHECKPOINT_BYTES, f"{name}: a large checkpoint, not a start"
 
 
 def test_the_committed_quick_results_cover_the_quick_plan():
@@ -62,3 +72,19 @@ def test_the_committed_quick_results_cover_the_quick_plan():
                          "`python -m inversion.pipeline run --params quick` and commit their folders under "
                          "cache/quick/ (result.json, npz, npy; `git add -f` is not needed, .gitignore keeps "
                          "checkpoints out)")
+
+
+@pytest.mark.parametrize("param_set", ["quick", "paper"])
+def test_committed_results_were_computed_from_the_committed_starts(param_set):
+    """A committed result that opened a dependency's checkpoint which is itself committed (a shared start:
+    README "Committed results") opened exactly those bytes. So models fine-tuned in different sessions, on
+    different machines, from one committed p(x) and classifier can be shown to share them."""
+    files = set(tracked(f"cache/{param_set}"))
+    checkpoints = {f[len(f"cache/{param_set}/"):]: file_sha256(REPO / f) for f in files if f.endswith(".pt")}
+    for name in sorted(f for f in files if f.endswith("/result.json")):
+        opened = json.loads((REPO / name).read_text()).get("opened", {})
+        for path, sha in opened.items():
+            if path in checkpoints:
+                assert sha == checkpoints[path], (
+                    f"{name} was computed from another {path} than the committed one (sha256 {sha[:16]}... vs "
+                    f"{checkpoints[path][:16]}...): recompute it from the committed start")
