@@ -20,6 +20,7 @@ import pytest
 from inversion import pipeline
 from inversion.pipeline.cache import file_sha256, iter_refs
 from inversion.provenance import committed_files
+from inversion.training import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTABLE = (".json", ".npz", ".npy")
@@ -35,7 +36,7 @@ def tracked(folder: str) -> list[str]:
 
 @pytest.mark.parametrize("param_set", ["quick", "paper"])
 def test_each_committed_result_is_whole_and_says_where_it_came_from(param_set):
-    files = set(tracked(f"cache/{param_set}"))
+    files = {f for f in tracked(f"cache/{param_set}") if not Path(f).parent.name.endswith(".work")}
     results = sorted(name for name in files if name.endswith("/result.json"))
     if param_set == "quick":
         assert results, "cache/quick/ has no committed results (README: Committed results)"
@@ -59,6 +60,24 @@ def test_each_committed_result_is_whole_and_says_where_it_came_from(param_set):
         assert r.get("checksums", {}).get(Path(name).name) == sha, \
             f"{name} is committed, but its result.json does not record it (sha256 {sha[:16]}...): another run's"
         assert (REPO / name).stat().st_size <= MAX_CHECKPOINT_BYTES, f"{name}: a large checkpoint, not a start"
+
+
+@pytest.mark.parametrize("param_set", ["quick", "paper"])
+def test_a_committed_training_in_progress_is_resumable_and_not_yet_done(param_set):
+    """A stage longer than a session may be committed half-trained: its work folder (``<stage>-<key>.work/``:
+    the run's config.json and the resumable state.pt of ``inversion.training.fit``), so the next session
+    resumes it with the same command (README "Committed results"). Once the stage is done and committed,
+    its work folder must go (the cache deletes it; `git rm -r` it)."""
+    files = set(tracked(f"cache/{param_set}"))
+    folders = sorted({Path(f).parent for f in files if Path(f).parent.name.endswith(".work")})
+    for folder in folders:
+        inside = sorted(Path(f).name for f in files if Path(f).parent == folder)
+        assert inside == ["config.json", "state.pt"], f"{folder}: a training in progress is config.json + state.pt"
+        done = folder.with_name(folder.name[:-len(".work")]) / "result.json"
+        assert str(done) not in files, f"{folder} is committed beside its finished result {done}: git rm -r it"
+        assert (REPO / folder / "state.pt").stat().st_size <= MAX_CHECKPOINT_BYTES, f"{folder}: too large"
+        state = load_checkpoint(REPO / folder / "state.pt")
+        assert state["progress"]["step"] > 0 and json.loads((REPO / folder / "config.json").read_text()), folder
 
 
 def test_the_committed_quick_results_cover_the_quick_plan():
