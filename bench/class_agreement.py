@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,19 @@ def inversion_overrides(items: list[str], ap: argparse.ArgumentParser) -> dict:
             ap.error(f"--inversion {item!r}: write each override as key=value, e.g. n_filters=16")
         out[key] = yaml.safe_load(value)
     return out
+
+
+def agreement_stderr(samples) -> float | None:
+    """The s.e. of a samples stage's class agreement across its input images: the per-image agreement's sample
+    standard deviation over sqrt(images). The samples of one image share its context, so they are not
+    independent draws and the binomial s.e. over all samples understates the noise; the images are. None when
+    the stage kept no per-sample agreement (a top-k samples file) or drew from one image."""
+    path = samples.dir / "samples.npz"
+    with np.load(path) as f:
+        if "agree" not in f.files:
+            return None
+        per_image = f["agree"].mean(axis=1)
+    return float(per_image.std(ddof=1) / np.sqrt(len(per_image))) if len(per_image) > 1 else None
 
 
 def models(args, steps: int, inversion: dict) -> tuple[str, list[tuple[str, object, dict]]]:
@@ -97,10 +111,12 @@ def main(argv=None) -> int:
             inv, nce, samples = (cache.result(refs[k]) for k in ("inversion", "nce", "samples"))
             rows.append(dict(model=label, steps=steps, nats=nce.metrics["nats"], nats_stderr=nce.metrics["stderr"],
                              class_agreement=samples.metrics["class_agreement"],
+                             class_agreement_stderr=agreement_stderr(samples),
                              n_samples=samples.metrics["stored_shape"][0] * samples.metrics["stored_shape"][1],
-                             train_minutes=inv.provenance.get("wall_s", 0.0) / 60, inversion=inv.dir.name))
+                             train_minutes=inv.metrics["train_seconds"] / 60, inversion=inv.dir.name))
             r = rows[-1]
-            print(f"{label} {steps} steps: class agreement {r['class_agreement']:.1%}, NCE {r['nats']:.1f} "
+            se = "" if r["class_agreement_stderr"] is None else f" ± {r['class_agreement_stderr']:.1%}"
+            print(f"{label} {steps} steps: class agreement {r['class_agreement']:.1%}{se}, NCE {r['nats']:.1f} "
                   f"± {r['nats_stderr']:.1f} nats, trained in {r['train_minutes']:.1f} min", flush=True)
 
     out = Path(args.out)
@@ -113,17 +129,21 @@ def main(argv=None) -> int:
                   else f"--archs {' '.join(args.archs)}")
                + f" --steps {' '.join(map(str, args.steps))}"
                + (f" --inversion {' '.join(args.inversion)}" if args.inversion else "")
-               + (f" --tag={args.tag}" if args.tag else ""))
+               + (f" --tag={args.tag}" if args.tag else "")
+               + (" --compile" if args.compile else ""))
     lines = [f"# Class agreement of {'§5.1' if args.section == 'layers' else '§5.2'}'s samples against training "
              f"length ({args.params}, {dataset})", "",
              f"`{command}` at commit {payload['provenance']['commit'][:10]} on {payload['provenance']['device']}.", "",
              "Class agreement: the fraction of samples the classifier assigns the class it gives their input "
-             "(chance 10 %; its binomial s.e. understates the noise, since the samples of one image are not "
-             "independent). NCE on the set's test images, ± its s.e. Train minutes: wall time of the inversion stage "
-             "(a warm-started model's excludes its unconditional model's).", "",
+             "(chance 10 %), ± its s.e. across the input images (the samples of one image share its context, so "
+             "the binomial s.e. over all samples would understate the noise). NCE on the set's test images, ± its s.e. Train minutes: the inversion model's training "
+             "time, summed over the sessions a resumed training ran in (a warm-started model's excludes its "
+             "unconditional model's).", "",
              f"| {column} | steps | class agreement | samples | NCE (nats) | train min |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['model']} | {r['steps']} | {r['class_agreement']:.1%} | {r['n_samples']} | "
+    lines += [f"| {r['model']} | {r['steps']} | {r['class_agreement']:.1%}"
+              + ("" if r["class_agreement_stderr"] is None else f" ± {r['class_agreement_stderr']:.1%}")
+              + f" | {r['n_samples']} | "
               f"{r['nats']:.1f} ± {r['nats_stderr']:.1f} | {r['train_minutes']:.1f} |" for r in rows]
     atomic_write_text(out / f"{name}.md", "\n".join(lines) + "\n")
     print(f"wrote {out / name}.md")
