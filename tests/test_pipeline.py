@@ -163,6 +163,25 @@ def test_failed_stage_leaves_no_result_and_resumes_from_its_work_dir(cache):
     res = cache.result(r)
     assert res.metrics == {"sessions": 2}, "the second session continued from the first one's work"
     assert not (cache.root / f"{r.dirname}.work").exists(), "the work directory goes once the stage is done"
+    # both processes are in the provenance (a resumed training may span commits and machines)
+    sessions = res.provenance["sessions"]
+    assert len(sessions) == 2 and all(s["device"] == res.provenance["device"] for s in sessions)
+    assert {"commit", "dirty", "torch", "started"} <= set(sessions[0])
+    assert sessions[0]["started"] <= sessions[1]["started"]
+    # computed by one process: no sessions list
+    assert "sessions" not in cache.result(ref(FLAKY, {"fail_until": 0})).provenance
+
+
+def test_a_work_folder_from_before_the_sessions_record_is_marked_unrecorded(cache):
+    """A half-trained work folder left by a process that did not record itself (code older than the sessions
+    record) must not pass as computed in one session: its first entry says it is unrecorded."""
+    r = ref(FLAKY, {"fail_until": 0})
+    work = cache.root / f"{r.dirname}.work"
+    work.mkdir(parents=True)
+    (work / "progress.txt").write_text("3")
+    res = cache.result(r)
+    assert res.metrics == {"sessions": 4}
+    assert res.provenance["sessions"][0] == {"unrecorded": True} and len(res.provenance["sessions"]) == 2
 
 
 def test_results_import_without_checkpoints(cache, tmp_path):

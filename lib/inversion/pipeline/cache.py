@@ -18,8 +18,9 @@ with the cache root ``$INVERSION_CACHE`` or else ``<repo>/cache``. A result dire
 temporary directory and renamed into place, so it either exists completely or not at all; a lock file per
 stage keeps two processes from computing it at once; a killed training stage resumes from its ``.work``
 directory (``inversion.training.fit``). ``result.json`` holds the stage's metrics and its provenance:
-commit and dirty flag, device, torch and Python versions, wall seconds, date, parameter set, full config
-and the keys of its inputs, the sha256 of each checkpoint it wrote (``checksums``) and of each dependency
+commit and dirty flag, device, torch and Python versions, wall seconds, date, parameter set (and, for a
+stage computed by several processes, a killed training resumed, each process's commit and device:
+``sessions``), full config and the keys of its inputs, the sha256 of each checkpoint it wrote (``checksums``) and of each dependency
 file it opened (``opened``). Keys name what was asked for; the checksums name the bytes a result was
 computed from, which differ between machines (a CPU's rounding), so models that must share one start (one
 p(x), one classifier) can be checked to share it when they were trained in different sessions.
@@ -275,6 +276,35 @@ class Result:
         return f"Result({self.dir.name})"
 
 
+SESSIONS_FILE = "sessions.json"  # in a stage's .work directory: the processes that have worked on it
+
+
+def record_session(work: Path, device) -> list[dict]:
+    """Add this process to the sessions that have computed the stage whose work directory is ``work``; all of
+    them, oldest first.
+
+    A training longer than a session is killed and resumed, maybe at another commit or on another machine
+    (its ``.work`` folder committed half-trained, README "Committed results"), while ``result.json``'s
+    provenance is read when the stage ends. So each process that starts the stage appends its commit, dirty
+    flag, device, torch version and start date to ``work/sessions.json``, and a result computed by more than
+    one process records them all (``provenance["sessions"]``). A work directory that holds files but no
+    sessions file was left by a process that did not record itself (before this record existed): its entry
+    is ``{"unrecorded": true}``."""
+    path = work / SESSIONS_FILE
+    if path.exists():
+        past = json.loads(path.read_text())
+    elif work.is_dir() and any(work.iterdir()):
+        past = [{"unrecorded": True}]
+    else:
+        past = []
+    p = provenance(device)
+    sessions = past + [{"commit": p["commit"], "dirty": p["dirty"], "device": p["device"], "torch": p["torch"],
+                        "started": p["date"]}]
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(sessions, indent=1) + "\n")
+    return sessions
+
+
 class Context:
     """What a stage's body sees: its typed config, its dependencies, output and work directories, device, and
     whether to compile its PixelCNN++ training (``Cache``'s ``compile``)."""
@@ -462,6 +492,7 @@ class Cache:
         else:  # a rank other than 0 (no lock held): its output is thrown away, so it goes elsewhere
             tmp = Path(tempfile.mkdtemp(prefix=f"{r.dirname}-rank-"))
         work = self.root / f"{r.dirname}.work"
+        sessions = record_session(work, self.device) if publish else []
         ctx = Context(self, r, tmp, work)
         self.log(f"computing {r.describe()} on {self.device}")
         t0, before = time.perf_counter(), self._compute_seconds
@@ -479,6 +510,8 @@ class Cache:
         self._compute_seconds += wall
         extra = {} if self.group is None else {"processes": self.group.world_size}
         extra.update(ctx.execution)
+        if len(sessions) > 1:  # computed by more than one process: each one's commit and device
+            extra["sessions"] = sessions
         info = dict(
             stage=r.stage.name, key=r.key, version=r.stage.version, config=r.config,
             deps={k: v.dirname for k, v in r.deps.items()},
