@@ -66,15 +66,17 @@ def test_each_committed_result_is_whole_and_says_where_it_came_from(param_set):
 def test_a_committed_training_in_progress_is_resumable_and_not_yet_done(param_set):
     """A stage longer than a session may be committed half-trained: its work folder (``<stage>-<key>.work/``:
     the run's config.json and the resumable state.pt of ``inversion.training.fit``, and the cache's
-    sessions.json of the processes that trained it so far), so the next session
+    sessions.json and opened.json: the processes that trained it so far and the dependency bytes it started
+    from), so the next session
     resumes it with the same command (README "Committed results"). Once the stage is done and committed,
     its work folder must go (the cache deletes it; `git rm -r` it)."""
     files = set(tracked(f"cache/{param_set}"))
     folders = sorted({Path(f).parent for f in files if Path(f).parent.name.endswith(".work")})
     for folder in folders:
         inside = sorted(Path(f).name for f in files if Path(f).parent == folder)
-        assert inside in (["config.json", "state.pt"], ["config.json", "sessions.json", "state.pt"]), \
-            f"{folder}: a training in progress is config.json + state.pt (+ sessions.json: who trained it so far)"
+        assert {"config.json", "state.pt"} <= set(inside) <= {"config.json", "state.pt", "sessions.json", "opened.json"}, \
+            (f"{folder}: a training in progress is config.json + state.pt (+ the cache's sessions.json and "
+             f"opened.json: who trained it so far, from which dependency bytes), not {inside}")
         done = folder.with_name(folder.name[:-len(".work")]) / "result.json"
         assert str(done) not in files, f"{folder} is committed beside its finished result {done}: git rm -r it"
         assert (REPO / folder / "state.pt").stat().st_size <= MAX_CHECKPOINT_BYTES, f"{folder}: too large"

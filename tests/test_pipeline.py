@@ -228,6 +228,27 @@ def test_a_result_records_the_checkpoints_it_made_and_opened_and_refuses_a_forei
     assert cache.result(ref(CONSUMER, {"offset": 1}, producer=prod)).metrics == {"total": 13.5}
 
 
+def test_a_resumed_stage_refuses_a_dependency_recomputed_since_it_started(cache):
+    """A half-trained stage keeps the sha256 of the dependency files it opened first (``opened.json`` in its
+    work folder); if a later session finds other bytes there (the classifier recomputed on another CPU), it
+    refuses to resume rather than continue the training on other inputs."""
+    prod = ref(PRODUCER, {"value": 5})
+    cons = ref(CONSUMER, {}, producer=prod)
+    cache.result(prod)
+    work = cache.root / f"{cons.dirname}.work"
+    work.mkdir(parents=True)
+    sha = hashlib.sha256((cache.root / prod.dirname / "model.pt").read_bytes()).hexdigest()
+    (work / "opened.json").write_text(json.dumps({f"{prod.dirname}/model.pt": "0" * 64}))  # a foreign start
+    with pytest.raises(CheckpointMismatch, match=f"started from {prod.dirname}/model.pt with sha256 0000.*delete"):
+        cache.result(cons)
+    assert not (cache.root / cons.dirname).exists()
+    (work / "opened.json").write_text(json.dumps({f"{prod.dirname}/model.pt": sha}))  # its own start
+    res = cache.result(cons)
+    assert res.metrics == {"total": 10.0} and res.info["opened"] == {f"{prod.dirname}/model.pt": sha}
+    # the hand-made work folder (no process recorded it), the process that refused, the one that finished
+    assert [s.get("unrecorded", False) for s in res.provenance["sessions"]] == [True, False, False]
+
+
 def test_compute_false_reads_only(cache):
     r = ref(PRODUCER, {"value": 9})
     ro = Cache(cache.params, root=cache.root.parent, compute=False, log=lambda m: None)

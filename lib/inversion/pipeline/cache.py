@@ -277,6 +277,7 @@ class Result:
 
 
 SESSIONS_FILE = "sessions.json"  # in a stage's .work directory: the processes that have worked on it
+OPENED_FILE = "opened.json"  # in a stage's .work directory: the dependency files it opened first, by sha256
 
 
 def record_session(work: Path, device) -> list[dict]:
@@ -324,11 +325,31 @@ class Context:
         Each needed file is checked against the sha256 its result.json recorded (``CheckpointMismatch`` if
         it differs) and its sha256 goes into this stage's ``opened``: a result says which exact checkpoints
         it was computed from, so models that must share a start (one p(x), one classifier) can be checked to
-        share it, across sessions and machines."""
+        share it, across sessions and machines. A resumed stage must find the bytes its first session opened
+        (``_same_start``)."""
         res = self.cache.result(self.ref.deps[name], need=need)
         for n in need:
-            self.opened[f"{res.dir.name}/{n}"] = verified_sha256(res, n)
+            opened, sha = f"{res.dir.name}/{n}", verified_sha256(res, n)
+            self._same_start(opened, sha)
+            self.opened[opened] = sha
         return res
+
+    def _same_start(self, opened: str, sha: str) -> None:
+        """A resumed stage must open the dependency bytes its first session opened: the work directory keeps
+        them (``opened.json``), and a half-trained model whose classifier or p(x) was recomputed since (other
+        bytes: another CPU's rounding, a checkout that lacked the checkpoint) is refused, not silently
+        continued on other inputs."""
+        path = self.work / OPENED_FILE
+        first = json.loads(path.read_text()) if path.exists() else {}
+        if opened not in first:
+            self.work.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({**first, opened: sha}, indent=1) + "\n")
+        elif first[opened] != sha:
+            raise CheckpointMismatch(
+                f"{self.work.name} was started from {opened} with sha256 {first[opened][:16]}..., but that file is "
+                f"now {sha[:16]}... (recomputed since, e.g. in a checkout without it or on another CPU). "
+                f"Resuming would continue the training on other inputs. Restore the original checkpoint, or "
+                f"delete {self.work} to train the stage from its start.")
 
     def log(self, msg: str) -> None:
         self.cache.log(f"  [{self.ref.dirname}] {msg}")
