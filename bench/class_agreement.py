@@ -129,6 +129,7 @@ def main(argv=None) -> int:
                   else f"--archs {' '.join(args.archs)}")
                + f" --steps {' '.join(map(str, args.steps))}"
                + (f" --inversion {' '.join(args.inversion)}" if args.inversion else "")
+               + (f" --n-images {args.n_images}" if args.n_images else "")
                + (f" --tag={args.tag}" if args.tag else "")
                + (" --compile" if args.compile else ""))
     lines = [f"# Class agreement of {'§5.1' if args.section == 'layers' else '§5.2'}'s samples against training "
