@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -239,6 +240,12 @@ def test_a_resumed_stage_refuses_a_dependency_recomputed_since_it_started(cache)
     work.mkdir(parents=True)
     sha = hashlib.sha256((cache.root / prod.dirname / "model.pt").read_bytes()).hexdigest()
     (work / "opened.json").write_text(json.dumps({f"{prod.dirname}/model.pt": "0" * 64}))  # a foreign start
+    # nothing of the stage's own to resume: it starts afresh on today's bytes
+    assert cache.result(cons).info["opened"] == {f"{prod.dirname}/model.pt": sha}
+    shutil.rmtree(cache.root / cons.dirname)
+    work.mkdir(parents=True)
+    (work / "state.pt").write_text("half-trained")  # a training's state, begun on a foreign start
+    (work / "opened.json").write_text(json.dumps({f"{prod.dirname}/model.pt": "0" * 64}))
     with pytest.raises(CheckpointMismatch, match=f"started from {prod.dirname}/model.pt with sha256 0000.*delete"):
         cache.result(cons)
     assert not (cache.root / cons.dirname).exists()

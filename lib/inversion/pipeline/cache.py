@@ -20,8 +20,8 @@ stage keeps two processes from computing it at once; a killed training stage res
 directory (``inversion.training.fit``). ``result.json`` holds the stage's metrics and its provenance:
 commit and dirty flag, device, torch and Python versions, wall seconds, date, parameter set (and, for a
 stage computed by several processes, a killed training resumed, each process's commit and device:
-``sessions``), full config and the keys of its inputs, the sha256 of each checkpoint it wrote (``checksums``) and of each dependency
-file it opened (``opened``). Keys name what was asked for; the checksums name the bytes a result was
+``sessions``), full config and the keys of its inputs, the sha256 of each checkpoint it wrote
+(``checksums``) and of each dependency file it opened (``opened``). Keys name what was asked for; the checksums name the bytes a result was
 computed from, which differ between machines (a CPU's rounding), so models that must share one start (one
 p(x), one classifier) can be checked to share it when they were trained in different sessions.
 
@@ -278,6 +278,7 @@ class Result:
 
 SESSIONS_FILE = "sessions.json"  # in a stage's .work directory: the processes that have worked on it
 OPENED_FILE = "opened.json"  # in a stage's .work directory: the dependency files it opened first, by sha256
+CACHE_RECORDS = (SESSIONS_FILE, OPENED_FILE)  # what the cache itself keeps in a .work directory
 
 
 def record_session(work: Path, device) -> list[dict]:
@@ -338,7 +339,8 @@ class Context:
         """A resumed stage must open the dependency bytes its first session opened: the work directory keeps
         them (``opened.json``), and a half-trained model whose classifier or p(x) was recomputed since (other
         bytes: another CPU's rounding, a checkout that lacked the checkpoint) is refused, not silently
-        continued on other inputs."""
+        continued on other inputs. (A work directory with nothing of the stage's own in it pins nothing:
+        ``Cache._compute`` forgets its opened.json.)"""
         path = self.work / OPENED_FILE
         first = json.loads(path.read_text()) if path.exists() else {}
         if opened not in first:
@@ -513,6 +515,10 @@ class Cache:
         else:  # a rank other than 0 (no lock held): its output is thrown away, so it goes elsewhere
             tmp = Path(tempfile.mkdtemp(prefix=f"{r.dirname}-rank-"))
         work = self.root / f"{r.dirname}.work"
+        if publish and work.is_dir() and not any(p.name not in CACHE_RECORDS for p in work.iterdir()):
+            # an earlier attempt left nothing to resume (a stage that does not train, or one killed before
+            # its first file): it starts afresh, from whatever its dependencies are now
+            (work / OPENED_FILE).unlink(missing_ok=True)
         sessions = record_session(work, self.device) if publish else []
         ctx = Context(self, r, tmp, work)
         self.log(f"computing {r.describe()} on {self.device}")
