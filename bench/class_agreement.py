@@ -32,6 +32,7 @@ from inversion.atomic import atomic_write_text  # noqa: E402
 from inversion.pipeline.architectures import architectures_plan  # noqa: E402
 from inversion.pipeline.layers import layers_plan  # noqa: E402
 from inversion.provenance import provenance  # noqa: E402
+from inversion.reports.common import share_stderr  # noqa: E402
 
 
 def inversion_overrides(items: list[str], ap: argparse.ArgumentParser) -> dict:
@@ -46,16 +47,11 @@ def inversion_overrides(items: list[str], ap: argparse.ArgumentParser) -> dict:
 
 
 def agreement_stderr(samples) -> float | None:
-    """The s.e. of a samples stage's class agreement across its input images: the per-image agreement's sample
-    standard deviation over sqrt(images). The samples of one image share its context, so they are not
-    independent draws and the binomial s.e. over all samples understates the noise; the images are. None when
-    the stage kept no per-sample agreement (a top-k samples file) or drew from one image."""
-    path = samples.dir / "samples.npz"
-    with np.load(path) as f:
-        if "agree" not in f.files:
-            return None
-        per_image = f["agree"].mean(axis=1)
-    return float(per_image.std(ddof=1) / np.sqrt(len(per_image))) if len(per_image) > 1 else None
+    """The s.e. of a samples stage's class agreement across its input images (``reports.common.share_stderr``:
+    the samples of one image share its context, so the binomial s.e. over all samples would understate the
+    noise). None when the stage kept no per-sample agreement (a top-k samples file) or drew from one image."""
+    with np.load(samples.dir / "samples.npz") as f:
+        return share_stderr(f["agree"]) if "agree" in f.files else None
 
 
 def models(args, steps: int, inversion: dict) -> tuple[str, list[tuple[str, object, dict]]]:

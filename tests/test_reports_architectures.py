@@ -3,7 +3,7 @@ rotation and style (reproduced), the opposite (not reproduced), and NCE differen
 
 from inversion import paper
 from inversion.digit_geometry import Kept
-from inversion.reports.architectures import DISCARDED, ArchitectureSummary, architecture_claims
+from inversion.reports.architectures import DISCARDED, ArchitectureSummary, agreement_pm, architecture_claims
 from inversion.reports.common import Difference, Estimate, SeedSpread
 
 ARCHS = ["fc", "conv", "conv_gmp"]
@@ -142,3 +142,11 @@ def test_geometry_rows_not_reproduced_say_when_the_samples_are_not_digits():
     # samples that keep the class: no note anywhere
     digits = ArchitectureSummary(**{**few.__dict__, "agreement": {a: 0.9 for a in ARCHS}})
     assert digits.few_digits == [] and all("not yet digits" not in (c.why or "") for c in architecture_claims(digits))
+
+
+def test_the_class_agreement_is_shown_with_its_stderr_across_images_where_there_is_one():
+    s = summary()
+    with_se = ArchitectureSummary(**{**s.__dict__, "agreement": {"fc": 0.604, "conv": 0.814},
+                                     "agreement_stderr": {"fc": 0.0372, "conv": None}})
+    assert agreement_pm(with_se, "fc") == "60 ± 4 %"
+    assert agreement_pm(with_se, "conv") == "81 %"  # a samples stage that kept no per-sample agreement

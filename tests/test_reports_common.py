@@ -106,3 +106,18 @@ def test_provenance_says_which_results_came_with_the_repository(tmp_path):
     assert "| committed |" in rows["`classifier-a`"] and "| this checkout |" in rows["`classifier-b`"]
     assert provenance_caption([Result(old), Result(new)], "quick").endswith("2 stage results, 1 committed with the "
                                                                              "repository.")
+
+
+def test_a_share_s_stderr_is_taken_across_images_not_samples():
+    """Two images, one whose samples all keep the class and one whose samples all lose it: the binomial s.e.
+    over the 20 samples would be 0.115; across the 2 images it is sd(1, 0) / sqrt(2) = 0.5."""
+    import numpy as np
+
+    from inversion.reports.common import share_stderr
+
+    agree = np.array([[1.0] * 10, [0.0] * 10])
+    assert share_stderr(agree) == pytest.approx(0.5)
+    assert share_stderr(np.full((5, 10), 1.0)) == 0.0  # every image alike: no spread
+    assert share_stderr(agree[:1]) is None  # one image: no spread to measure
+    with pytest.raises(ValueError, match=r"\[images, samples per image\]"):
+        share_stderr(agree.ravel())

@@ -16,7 +16,7 @@ import numpy as np
 from inversion import digit_geometry, paper
 from inversion.bounds import SeedPairedDifference, difference_noise, paired_difference, seed_paired_difference
 from inversion.reports.common import DIGITS, Claim, Difference, Estimate, Power, SeedSpread, decide, fmt, \
-    image_grid, undecided_why
+    image_grid, share_stderr, undecided_why
 
 ARCH_LABELS = {"fc": "fully connected", "conv": "conv", "conv_gmp": "conv + global max pool"}
 # The geometry ratio (error to own input / error to other same-class inputs) at or above which samples count
@@ -54,6 +54,7 @@ class ArchitectureSummary:
     paired: dict[tuple[str, str], SeedPairedDifference] = field(default_factory=dict)  # where seeds pair up
     gain: dict[str, Estimate] = field(default_factory=dict)  # NCE − log p(x) of the warm start's model (if any)
     agreement: dict[str, float] = field(default_factory=dict)  # samples the network's classifier gives the input's class
+    agreement_stderr: dict[str, float | None] = field(default_factory=dict)  # its s.e. across the input images
 
     @property
     def few_digits(self) -> list[str]:
@@ -66,7 +67,7 @@ def architecture_summary(R: Mapping[str, Mapping]) -> ArchitectureSummary:
     from inversion import data
 
     archs = list(R)
-    accuracy, nce, bits, mse, kept, kept_mse, lp, agreement = {}, {}, {}, {}, {}, {}, {}, {}
+    accuracy, nce, bits, mse, kept, kept_mse, lp, agreement, agreement_se = {}, {}, {}, {}, {}, {}, {}, {}, {}
     dataset = R[archs[0]]["classifier"].config["dataset"]
     x_test, y_test = data.load(dataset, "test")
     for a in archs:
@@ -78,6 +79,7 @@ def architecture_summary(R: Mapping[str, Mapping]) -> ArchitectureSummary:
         mse[a] = r["decoder"].metrics["test_mse"]
         agreement[a] = r["samples"].metrics["class_agreement"]
         z = r["samples"].arrays("samples.npz")
+        agreement_se[a] = share_stderr(z["agree"]) if "agree" in z else None
         idx = z["test_index"]
         inputs, labels = x_test[idx].numpy(), y_test[idx].numpy()
         kept[a] = digit_geometry.kept_table(inputs, z["samples"], labels)
@@ -105,6 +107,7 @@ def architecture_summary(R: Mapping[str, Mapping]) -> ArchitectureSummary:
     return ArchitectureSummary(dataset=dataset, archs=archs, accuracy=accuracy, nce=nce, bits_per_dim=bits, mse=mse,
                                kept=kept, kept_mse=kept_mse, n_images=n_images, n_samples=n_samples,
                                seed_spread=spread, differences=differences, paired=paired, agreement=agreement,
+                               agreement_stderr=agreement_se,
                                gain={a: Estimate(*paired_difference(lp[a], R[a]["unconditional_nce"].arrays(
                                    "log_probs.npy")["array"])) for a in archs if "unconditional_nce" in R[a]})
 
@@ -196,6 +199,13 @@ def _nce_claims(s: ArchitectureSummary) -> list[Claim]:
     if {"conv_gmp", "fc"} <= set(archs):
         out.append(row("conv_gmp", "fc", "even with global pooling, the conv network keeps more than the FC one"))
     return out
+
+
+def agreement_pm(s: ArchitectureSummary, arch: str) -> str:
+    """The class agreement of a network's samples, with its s.e. across the input images where the samples
+    stage kept one: "54 ± 4 %" (or "54 %")."""
+    se = s.agreement_stderr.get(arch)
+    return f"{100 * s.agreement[arch]:.0f}" + ("" if se is None else f" ± {100 * se:.0f}") + " %"
 
 
 def _not_digits(why: str | None, s: ArchitectureSummary, archs) -> str | None:

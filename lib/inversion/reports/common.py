@@ -29,6 +29,18 @@ REGIME_COLOURS = {"regular": "tab:blue", "overfit": "tab:red"}  # the paper's Fi
 DIGITS = 0.5
 
 
+def share_stderr(agree: np.ndarray) -> float | None:
+    """The standard error of a share of samples (e.g. the class agreement), taken across the input images:
+    ``agree`` is [images, samples per image] of 0/1. The samples of one image share its context, so they are
+    not independent draws and the binomial s.e. over all samples would understate the noise; the images are
+    independent. The per-image share's sample sd over sqrt(images); None for a single image."""
+    agree = np.asarray(agree, dtype=np.float64)
+    if agree.ndim != 2:
+        raise ValueError(f"agree must be [images, samples per image], got shape {agree.shape}")
+    per_image = agree.mean(axis=1)
+    return float(per_image.std(ddof=1) / math.sqrt(len(per_image))) if len(per_image) > 1 else None
+
+
 def layer_label(name: str) -> str:
     return LAYER_LABELS.get(name, name.upper())
 
