@@ -150,3 +150,18 @@ def test_the_class_agreement_is_shown_with_its_stderr_across_images_where_there_
                                      "agreement_stderr": {"fc": 0.0372, "conv": None}})
     assert agreement_pm(with_se, "fc") == "60 ± 4 %"
     assert agreement_pm(with_se, "conv") == "81 %"  # a samples stage that kept no per-sample agreement
+
+
+def test_whether_most_samples_are_digits_is_judged_by_twice_the_stderr_across_images():
+    """54 ± 4 % cannot be told from half; 65 ± 2 % is most; 40 ± 3 % is few. Without an s.e. (an old samples
+    stage) the point estimate decides, as before."""
+    s = summary()
+    judged = ArchitectureSummary(**{**s.__dict__, "agreement": {"fc": 0.653, "conv": 0.54, "conv_gmp": 0.40},
+                                    "agreement_stderr": {"fc": 0.019, "conv": 0.04, "conv_gmp": 0.03}})
+    assert (judged.many_digits, judged.about_half_digits, judged.few_digits) == (["fc"], ["conv"], ["conv_gmp"])
+    # the boundary is 2 s.e.: 0.54 with s.e. 0.0199 is decided, with 0.0201 it is not
+    edge = lambda se: ArchitectureSummary(**{**judged.__dict__, "agreement_stderr": {**judged.agreement_stderr,  # noqa: E731
+                                                                                     "conv": se}})
+    assert edge(0.0199).mostly_digits("conv") is True and edge(0.0201).mostly_digits("conv") is None
+    old = ArchitectureSummary(**{**judged.__dict__, "agreement_stderr": {}})
+    assert (old.many_digits, old.about_half_digits, old.few_digits) == (["fc", "conv"], [], ["conv_gmp"])

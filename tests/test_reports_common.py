@@ -121,3 +121,21 @@ def test_a_share_s_stderr_is_taken_across_images_not_samples():
     assert share_stderr(agree[:1]) is None  # one image: no spread to measure
     with pytest.raises(ValueError, match=r"\[images, samples per image\]"):
         share_stderr(agree.ravel())
+
+
+def test_a_share_is_shown_with_its_stderr_only_where_there_is_one():
+    from inversion.reports.common import share_pm
+
+    assert share_pm(0.2513, 0.0162, 1) == "25.1 ± 1.6 %"
+    assert share_pm(0.5404, 0.0372) == "54 ± 4 %"
+    assert share_pm(0.81, None) == "81 %"
+
+
+def test_most_samples_is_decided_by_twice_the_stderr_and_by_the_point_estimate_only_without_one():
+    from inversion.reports.common import mostly
+
+    assert mostly(0.653, 0.019) is True and mostly(0.40, 0.03) is False
+    assert mostly(0.54, 0.0201) is None and mostly(0.54, 0.0199) is True  # the margin is 2 s.e.
+    assert mostly(0.46, 0.0201) is None and mostly(0.46, 0.0199) is False
+    assert mostly(0.54, None) is True and mostly(0.46, None) is False  # no s.e. stored: the point estimate
+    assert mostly(1.0, 0.0) is True and mostly(0.5, 0.0) is None  # every image alike

@@ -15,8 +15,8 @@ import numpy as np
 
 from inversion import digit_geometry, paper
 from inversion.bounds import SeedPairedDifference, difference_noise, paired_difference, seed_paired_difference
-from inversion.reports.common import DIGITS, Claim, Difference, Estimate, Power, SeedSpread, decide, fmt, \
-    image_grid, share_stderr, undecided_why
+from inversion.reports.common import Claim, Difference, Estimate, Power, SeedSpread, decide, fmt, \
+    image_grid, mostly, share_pm, share_stderr, undecided_why
 
 ARCH_LABELS = {"fc": "fully connected", "conv": "conv", "conv_gmp": "conv + global max pool"}
 # The geometry ratio (error to own input / error to other same-class inputs) at or above which samples count
@@ -56,10 +56,28 @@ class ArchitectureSummary:
     agreement: dict[str, float] = field(default_factory=dict)  # samples the network's classifier gives the input's class
     agreement_stderr: dict[str, float | None] = field(default_factory=dict)  # its s.e. across the input images
 
+    def mostly_digits(self, arch: str) -> bool | None:
+        """Are most of the network's FC3 samples digits of their input's class? True or False beyond twice the
+        class agreement's s.e. across images, None when this run cannot tell it from half (``mostly``)."""
+        return mostly(self.agreement[arch], self.agreement_stderr.get(arch))
+
+    def _digits(self, verdict: bool | None) -> list[str]:
+        return [a for a in self.archs if a in self.agreement and self.mostly_digits(a) is verdict]
+
     @property
     def few_digits(self) -> list[str]:
-        """The networks most of whose FC3 samples are not digits of their input's class (agreement < DIGITS)."""
-        return [a for a in self.archs if a in self.agreement and self.agreement[a] < DIGITS]
+        """The networks most of whose FC3 samples are, beyond the noise, not digits of their input's class."""
+        return self._digits(False)
+
+    @property
+    def about_half_digits(self) -> list[str]:
+        """The networks whose share of samples that keep the class cannot be told from half by this run."""
+        return self._digits(None)
+
+    @property
+    def many_digits(self) -> list[str]:
+        """The networks most of whose FC3 samples are, beyond the noise, digits of their input's class."""
+        return self._digits(True)
 
 
 def architecture_summary(R: Mapping[str, Mapping]) -> ArchitectureSummary:
@@ -204,8 +222,7 @@ def _nce_claims(s: ArchitectureSummary) -> list[Claim]:
 def agreement_pm(s: ArchitectureSummary, arch: str) -> str:
     """The class agreement of a network's samples, with its s.e. across the input images where the samples
     stage kept one: "54 ± 4 %" (or "54 %")."""
-    se = s.agreement_stderr.get(arch)
-    return f"{100 * s.agreement[arch]:.0f}" + ("" if se is None else f" ± {100 * se:.0f}") + " %"
+    return share_pm(s.agreement[arch], s.agreement_stderr.get(arch))
 
 
 def _not_digits(why: str | None, s: ArchitectureSummary, archs) -> str | None:

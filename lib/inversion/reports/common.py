@@ -41,6 +41,24 @@ def share_stderr(agree: np.ndarray) -> float | None:
     return float(per_image.std(ddof=1) / math.sqrt(len(per_image))) if len(per_image) > 1 else None
 
 
+def mostly(share: float, stderr: float | None) -> bool | None:
+    """Is a share of samples (e.g. those that keep their input's class) more than half, i.e. at least DIGITS?
+    True (False) when it lies more than ``margin`` standard errors above (below) DIGITS, None inside: this run
+    cannot tell it from half (MARGIN, the margin of every claim in the book). Without an s.e. (a stage that
+    kept no per-sample record) the point estimate decides; an s.e. of 0 (every image alike) decides by the sign."""
+    if stderr is None:
+        return share >= DIGITS
+    if stderr == 0:
+        return None if share == DIGITS else share > DIGITS
+    z = (share - DIGITS) / stderr
+    return True if z > MARGIN else False if z < -MARGIN else None
+
+
+def share_pm(share: float, stderr: float | None, digits: int = 0) -> str:
+    """A share in percent with its standard error where there is one: "54 ± 4 %" (or "54 %")."""
+    return f"{100 * share:.{digits}f}" + ("" if stderr is None else f" ± {100 * stderr:.{digits}f}") + " %"
+
+
 def layer_label(name: str) -> str:
     return LAYER_LABELS.get(name, name.upper())
 

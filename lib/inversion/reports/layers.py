@@ -18,7 +18,7 @@ import numpy as np
 from inversion import paper
 from inversion.bounds import paired_difference
 from inversion.reports.common import FIGURE_WIDTH_IN, Claim, Difference, Estimate, Power, dataset_label, decide, \
-    image_grid, layer_label, undecided_why
+    image_grid, layer_label, share_stderr, undecided_why
 
 
 def figure1(inputs: np.ndarray, layers: Mapping[str, tuple[np.ndarray, np.ndarray]], n_samples: int = 3,
@@ -159,6 +159,7 @@ class LayerSummary:
     own_vs_same_class: dict[str, OwnVsSameClass]
     figure2: Figure2Summary | None
     gain: dict[str, Estimate] = field(default_factory=dict)  # NCE − log p(x) of the warm start's model (if any)
+    agreement_stderr: dict[str, float | None] = field(default_factory=dict)  # its s.e. across the input images
 
 
 def ratio_stderr(a: np.ndarray, b: np.ndarray) -> Estimate:
@@ -195,10 +196,11 @@ def layer_summary(dataset: str, res: Mapping) -> LayerSummary:
         d = lp[b] - lp[a]
         steps.append(LayerStep(a, b, float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))))
     m = {l: R[l]["samples"].metrics for l in layers}
-    style = {}
+    style, agreement_se = {}, {}
     for l in layers:
         z = R[l]["samples"].arrays("samples.npz")
         style[l] = own_vs_same_class(z["pixel_l1_to_inputs"], z["labels"])
+        agreement_se[l] = share_stderr(z["agree"]) if "agree" in z else None
     figure2 = None
     f2 = res.get("figure2")
     if f2 is not None:
@@ -220,7 +222,7 @@ def layer_summary(dataset: str, res: Mapping) -> LayerSummary:
         table1={l: Table1Distances(nn1=R[l]["neighbours"].metrics["nn1"], im_s=m[l]["im_s"], im_nn=m[l]["im_nn"])
                 for l in layers},
         nn_of=m[layers[0]]["nn_of"],
-        agreement={l: m[l]["class_agreement"] for l in layers},
+        agreement={l: m[l]["class_agreement"] for l in layers}, agreement_stderr=agreement_se,
         pixel_l1={l: m[l]["pixel_l1"] for l in layers},
         own_vs_same_class=style, figure2=figure2,
         gain={l: Estimate(*paired_difference(lp[l], R[l]["unconditional_nce"].arrays("log_probs.npy")["array"]))
