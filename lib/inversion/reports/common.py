@@ -42,10 +42,10 @@ def share_stderr(agree: np.ndarray) -> float | None:
 
 
 def mostly(share: float, stderr: float | None) -> bool | None:
-    """Is a share of samples (e.g. those that keep their input's class) more than half, i.e. at least DIGITS?
-    True (False) when it lies more than ``margin`` standard errors above (below) DIGITS, None inside: this run
-    cannot tell it from half (MARGIN, the margin of every claim in the book). Without an s.e. (a stage that
-    kept no per-sample record) the point estimate decides; an s.e. of 0 (every image alike) decides by the sign."""
+    """Are most samples (e.g. of those that keep their input's class) in the share, i.e. is it above DIGITS?
+    True (False) when it lies more than MARGIN standard errors above (below) DIGITS, the margin of every claim
+    in the book; None inside, where this run cannot tell it from half. Without an s.e. (a stage that kept no
+    per-sample record) the point estimate decides; an s.e. of 0 (every image alike) decides by the sign."""
     if stderr is None:
         return share >= DIGITS
     if stderr == 0:
