@@ -50,8 +50,7 @@ def mostly(share: float, stderr: float | None) -> bool | None:
         return share >= DIGITS
     if stderr == 0:
         return None if share == DIGITS else share > DIGITS
-    z = (share - DIGITS) / stderr
-    return True if z > MARGIN else False if z < -MARGIN else None
+    return decide(Difference(share - DIGITS, stderr))
 
 
 def share_pm(share: float, stderr: float | None, digits: int = 0) -> str:
