@@ -97,11 +97,11 @@ def test_torchrun_variables_half_set_is_a_clear_error(monkeypatch):
 
 @pytest.mark.slow
 def test_torchrun_runs_the_pipeline(tmp_path):
-    """`torchrun --nproc_per_node=2 -m inversion.pipeline run` on the smoke set's MNIST §5.1: it completes,
-    training stages record 2 processes, every stage is written once."""
+    """`torchrun --nproc_per_node=2 -m inversion.pipeline run` on the smoke set's MNIST §5.1 (two layers): it
+    completes, training stages record 2 processes, every stage is written once."""
     env = {**os.environ, "INVERSION_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-           "-m", "inversion.pipeline", "run", "--params", "smoke", "--only", "layers:mnist"]
+           "-m", "inversion.pipeline", "run", "--params", str(pf.two_layer_smoke(tmp_path)), "--only", "layers:mnist"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "processes (torchrun)" in proc.stdout

@@ -54,20 +54,20 @@ def test_refs_travel_by_name(smoke):
 
 @pytest.mark.slow
 def test_two_workers_give_the_serial_results(tmp_path):
-    """The smoke plan's MNIST §5.1 (its classifier, then ~20 stages that can run side by side) on a 2-worker
-    local cluster: every result.json metric and every array equal to the serial run's (timings aside).
+    """The smoke plan's MNIST §5.1 on two layers (its classifier, then 11 stages that can run side by side) on a
+    2-worker local cluster: every result.json metric and every array equal to the serial run's (timings aside).
     Bitwise, because both use one torch thread per process: how a float sum is split among threads changes
     its last bits."""
-    only = ["--only", "layers:mnist", "--threads", "1"]
-    serial = _cli("run", "--params", "smoke", *only, cache=tmp_path / "serial")
+    only = ["--params", str(parallel_fixtures.two_layer_smoke(tmp_path)), "--only", "layers:mnist", "--threads", "1"]
+    serial = _cli("run", *only, cache=tmp_path / "serial")
     assert serial.returncode == 0, serial.stderr[-3000:]
-    par = _cli("run", "--params", "smoke", *only, "--workers", "2", cache=tmp_path / "parallel")
+    par = _cli("run", *only, "--workers", "2", cache=tmp_path / "parallel")
     assert par.returncode == 0, par.stderr[-3000:]
     assert "local cluster of 2 workers" in par.stdout
     n = len(list((tmp_path / "serial" / "smoke").glob("*/result.json")))
     assert n > 10 and f"{n} stages computed, 0 cached" in par.stdout
     assert compare_caches(tmp_path / "serial" / "smoke", tmp_path / "parallel" / "smoke") == []
-    again = _cli("run", "--params", "smoke", *only, "--workers", "2", cache=tmp_path / "parallel")
+    again = _cli("run", *only, "--workers", "2", cache=tmp_path / "parallel")
     assert f"0 stages computed, {n} cached" in again.stdout
 
 
@@ -75,7 +75,8 @@ def test_two_workers_give_the_serial_results(tmp_path):
 def test_two_runners_at_once_compute_each_stage_once(tmp_path):
     """Two runners started together on one cache directory: every stage is computed by exactly one of them."""
     env = {**os.environ, "INVERSION_CACHE": str(tmp_path)}
-    cmd = [PY, "-m", "inversion.pipeline", "run", "--params", "smoke", "--only", "layers:mnist"]
+    cmd = [PY, "-m", "inversion.pipeline", "run", "--params", str(parallel_fixtures.two_layer_smoke(tmp_path)),
+           "--only", "layers:mnist"]
     procs = [subprocess.Popen(cmd + extra, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for extra in ([], ["--workers", "2"])]
     outs = [p.communicate(timeout=900) for p in procs]
