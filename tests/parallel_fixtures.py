@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from inversion.pipeline import load_params
 from inversion.pipeline.cache import Context, stage
 from inversion.training import TrainConfig, fit
 
@@ -69,10 +70,9 @@ def two_layer_smoke(folder: Path) -> Path:
     Fig. 2's samples of FC3, neighbours) in 12 stages instead of 22. A serial run of it took 0.76x the
     four-layer run's wall time (medians of 3 pairs beside a training, 2026-12-03: 23.1 s against 28.8 s; start-up
     and the classifier are most of either). The set keeps its name, so its cache folder is still ``smoke/``."""
-    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "params" / "smoke.yaml").read_text())
-    data["layers"]["layers"] = ["conv1", "fc3"]
+    two_layers = load_params("smoke", {"layers": {"layers": ["conv1", "fc3"]}})  # merged and validated here
     path = Path(folder) / "smoke-two-layers.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(yaml.safe_dump(two_layers.data, sort_keys=False))
     return path
 
 
