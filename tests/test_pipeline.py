@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from inversion import pipeline
 from inversion.pipeline import plans
@@ -255,6 +256,25 @@ def test_a_resumed_stage_refuses_a_dependency_recomputed_since_it_started(cache)
     # the hand-made work folder (no process recorded it), the process that refused, the one that finished
     assert [s.get("unrecorded", False) for s in res.provenance["sessions"]] == [True, False, False]
 
+
+
+def test_a_refused_resume_names_the_machines_that_trained_it(cache):
+    """The usual cause of a recomputed dependency is another CPU (the FC classifier's bytes differ between an
+    Intel Xeon and an AMD EPYC): the refusal names the devices the work folder's sessions ran on, so the reader
+    knows where it can resume."""
+    prod = ref(PRODUCER, {"value": 6})
+    cons = ref(CONSUMER, {}, producer=prod)
+    cache.result(prod)
+    work = cache.root / f"{cons.dirname}.work"
+    work.mkdir(parents=True)
+    (work / "state.pt").write_text("half-trained")
+    (work / "opened.json").write_text(json.dumps({f"{prod.dirname}/model.pt": "0" * 64}))
+    (work / "sessions.json").write_text(json.dumps([{"commit": "0" * 40, "dirty": False, "torch": torch.__version__,
+                                                      "device": "cpu: Another CPU, 2 threads",
+                                                      "started": "2026-12-03T00:00:00+00:00"}]))
+    with pytest.raises(CheckpointMismatch, match=r"trained on cpu: Another CPU, 2 threads, this process runs on "
+                                                 r"cpu: .*new lineage"):
+        cache.result(cons)
 
 def test_compute_false_reads_only(cache):
     r = ref(PRODUCER, {"value": 9})

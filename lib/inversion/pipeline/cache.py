@@ -59,7 +59,7 @@ from inversion import distributed
 from inversion.atomic import atomic_write_text
 from inversion.pipeline.params import REPO, Params
 from inversion.pipeline.schema import ConfigError, to_plain, validate
-from inversion.provenance import provenance
+from inversion.provenance import device_name, provenance
 
 CACHE_ENV = "INVERSION_CACHE"
 PORTABLE = (".json", ".npz", ".npy")  # what travels between machines: results, not checkpoints
@@ -347,11 +347,18 @@ class Context:
             self.work.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps({**first, opened: sha}, indent=1) + "\n")
         elif first[opened] != sha:
+            sessions_path = self.work / SESSIONS_FILE
+            sessions = json.loads(sessions_path.read_text()) if sessions_path.exists() else []
+            here = device_name(self.device)
+            where = sorted({s["device"] for s in sessions if "device" in s} - {here})
             raise CheckpointMismatch(
                 f"{self.work.name} was started from {opened} with sha256 {first[opened][:16]}..., but that file is "
-                f"now {sha[:16]}... (recomputed since, e.g. in a checkout without it or on another CPU). "
-                f"Resuming would continue the training on other inputs. Restore the original checkpoint, or "
-                f"delete {self.work} to train the stage from its start.")
+                f"now {sha[:16]}... (recomputed since, e.g. in a checkout without it or on another CPU"
+                + (f": it was trained on {'; '.join(where)}, this process runs on {here}" if where else "") + "). "
+                f"Resuming would continue the training on other inputs. Restore the original checkpoint (or resume "
+                f"where it can be recomputed to the same bytes), or delete {self.work} to train the stage from its "
+                f"start on the new bytes: a new lineage, which does not pair with results committed from the old one "
+                f"(tests/test_committed_results.py refuses committing both).")
 
     def log(self, msg: str) -> None:
         self.cache.log(f"  [{self.ref.dirname}] {msg}")
