@@ -17,6 +17,7 @@ only (nothing is trained). Writes bench/results/seed_pairs-<set><tag>.{json,md},
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -60,9 +61,9 @@ def main(argv=None) -> int:
     if len(nets) != len(args.networks):
         ap.error("each network name may be given once")
     log_probs = {n: [torch.as_tensor(np.load(root / f / "log_probs.npy")) for f in fs] for n, fs in nets.items()}
-    for n, lps in log_probs.items():
-        if len({tuple(lp.shape) for lp in lps} | {tuple(next(iter(log_probs.values()))[0].shape)}) != 1:
-            ap.error(f"{n}: its stages hold other test images than the others ({[list(lp.shape) for lp in lps]})")
+    shapes = {n: sorted({tuple(lp.shape) for lp in lps}) for n, lps in log_probs.items()}
+    if len({shape for ss in shapes.values() for shape in ss}) != 1:
+        ap.error(f"the stages hold different numbers of test images ({shapes}): compare NCEs on the same images")
 
     rows, lines = [], []
     for a, b in itertools.combinations(nets, 2):
@@ -72,8 +73,7 @@ def main(argv=None) -> int:
         seeded = "single seed: training noise not measured"
         if min(len(log_probs[a]), len(log_probs[b])) >= 2:
             d = seed_paired_difference(dict(enumerate(log_probs[a])), dict(enumerate(log_probs[b])))
-            row["seed_paired"] = {"value": d.value, "noise": d.noise, "n_seeds": d.n_seeds, "seed_sd": d.seed_sd,
-                                  "test_se": d.test_se, "independent_noise": d.independent_noise}
+            row["seed_paired"] = dataclasses.asdict(d)
             seeded = (f"**{d.value:+.2f} ± {d.noise:.2f}** ({d.n_seeds} seeds; sd of the per-seed differences "
                       f"{d.seed_sd:.2f}, test-set s.e. {d.test_se:.2f}; as independent models ± "
                       f"{d.independent_noise:.2f}; detectable {2 * d.noise:.2f})")

@@ -125,11 +125,11 @@ def test_committed_results_and_trainings_in_progress_share_one_lineage_per_stage
     names one: this fails instead, and the model must wait for the committed lineage's bytes (its CPU) or be
     committed with its own classifier result and every model of the other lineage recomputed."""
     files = set(tracked(f"cache/{param_set}"))
-    results = {Path(f).parent.name: json.loads((REPO / f).read_text()) for f in files if f.endswith("/result.json")}
-    openers = {f: json.loads((REPO / f).read_text()).get("opened", {}) for f in files
-               if f.endswith("/result.json")}
+    results = {f: json.loads((REPO / f).read_text()) for f in files if f.endswith("/result.json")}
+    openers = {f: r.get("opened", {}) for f, r in results.items()}
     openers.update({f: json.loads((REPO / f).read_text()) for f in files
                     if f.endswith("/opened.json") and Path(f).parent.name.endswith(".work")})
+    results = {Path(f).parent.name: r for f, r in results.items()}
     checked = 0
     for name, opened in sorted(openers.items()):
         for path, sha in opened.items():

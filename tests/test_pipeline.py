@@ -257,7 +257,6 @@ def test_a_resumed_stage_refuses_a_dependency_recomputed_since_it_started(cache)
     assert [s.get("unrecorded", False) for s in res.provenance["sessions"]] == [True, False, False]
 
 
-
 def test_a_refused_resume_names_the_machines_that_trained_it(cache):
     """The usual cause of a recomputed dependency is another CPU (the FC classifier's bytes differ between an
     Intel Xeon and an AMD EPYC): the refusal names the devices the work folder's sessions ran on, so the reader
@@ -275,6 +274,7 @@ def test_a_refused_resume_names_the_machines_that_trained_it(cache):
     with pytest.raises(CheckpointMismatch, match=r"trained on cpu: Another CPU, 2 threads, this process runs on "
                                                  r"cpu: .*new lineage"):
         cache.result(cons)
+
 
 def test_compute_false_reads_only(cache):
     r = ref(PRODUCER, {"value": 9})
