@@ -240,6 +240,14 @@ def chi_square_pvalue(observed_values, probs, min_expected=5.0):
     return stats.chisquare(obs_bins, exp_bins).pvalue, len(obs_bins)
 
 
+def sub_pixel_log_probs(m, images, chunk=4096):
+    """``m.log_prob(images, reduce=False)`` a few thousand images at a time: the same numbers (each image is
+    scored alone), but tensors that stay in cache instead of gigabyte temporaries (19 -> 11.5 s for the
+    100k float64 images of the checks below, AMD EPYC, 2 threads)."""
+    with torch.no_grad():
+        return torch.cat([m.log_prob(part, reduce=False) for part in images.split(chunk)])
+
+
 @functools.lru_cache(maxsize=None)
 def first_pixel_reference(likelihood, C):
     """The model both samplers are checked on, and what log_prob says about its first pixel: the first
@@ -258,8 +266,7 @@ def first_pixel_reference(likelihood, C):
         grid = torch.zeros(256 * 256, *shape, dtype=torch.uint8)
         grid[:, 0, 0, 0] = torch.arange(256).repeat_interleave(256).to(torch.uint8)
         grid[:, 1, 0, 0] = torch.arange(256).repeat(256).to(torch.uint8)
-        with torch.no_grad():
-            lp = m.log_prob(grid, reduce=False)
+        lp = sub_pixel_log_probs(m, grid)
         marginal1 = (lp[:, 0, 0, 0] + lp[:, 1, 0, 0]).exp().reshape(256, 256).sum(0).numpy()
     return m, p0, marginal1
 
@@ -282,8 +289,7 @@ def test_samples_follow_log_prob(likelihood, C, method):
     k = 400
     cand = samples[:k].repeat_interleave(256, 0)
     cand[:, -1, -1, -1] = torch.arange(256, dtype=torch.uint8).repeat(k)
-    with torch.no_grad():
-        p_last = m.log_prob(cand, reduce=False)[:, -1, -1, -1].exp().reshape(k, 256).numpy()
+    p_last = sub_pixel_log_probs(m, cand)[:, -1, -1, -1].exp().reshape(k, 256).numpy()
     v = samples[:k, -1, -1, -1].long().numpy()
     cdf_below = np.array([p_last[i, : v[i]].sum() for i in range(k)])
     pit = cdf_below + np.random.default_rng(0).uniform(size=k) * p_last[np.arange(k), v]
