@@ -1,6 +1,7 @@
 """The shared training loop: exact resume, snapshots, early stopping, clear failures."""
 
 import json
+import warnings
 from unittest import mock
 
 import pytest
@@ -136,3 +137,18 @@ def test_compiled_training_equals_eager_up_to_rounding_and_resumes(tmp_path):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
     assert not torch.equal(eager[0].weight, mlp()[0].weight)  # it trained
+
+
+@pytest.mark.parametrize("flags,slow", [({"avx", "avx2", "fma"}, True), ({"avx2", "avx512f"}, False),
+                                        ({"avx2", "avx512f", "avx512_bf16"}, False), (set(), False)])
+def test_bf16_on_a_cpu_without_avx512_warns_and_still_trains_in_bf16(tmp_path, flags, slow):
+    """On an AVX2-only CPU bf16 is emulated (3.6x slower than fp32, bench/results/train_step_cpu-amd-family23.md):
+    fit says so, and trains as asked (bf16 is part of the recipe). Unknown flags (not Linux): no guess."""
+    with mock.patch("inversion.training.cpu_flags", return_value=frozenset(flags)), \
+            mock.patch("torch.autocast", wraps=torch.autocast) as autocast, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit(model(), loss, [X, Y], cfg(steps=3, eval_every=0, snapshot_steps=(), bf16=True), tmp_path)
+    slow_warnings = [w for w in seen if "without AVX-512" in str(w.message)]
+    assert len(slow_warnings) == int(slow)
+    assert all(call.kwargs.get("dtype") is torch.bfloat16 and call.kwargs.get("enabled") for call in autocast.call_args_list)
+    assert autocast.call_count == 3

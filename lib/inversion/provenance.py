@@ -74,16 +74,29 @@ def device_name(device: str | torch.device | None = None) -> str:
 CPU_FEATURES = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "avx")
 
 
+def _first_processor(cpuinfo: str) -> dict[str, str]:
+    """The fields of the first processor's block of /proc/cpuinfo's text (the rest repeat it)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_description(cpuinfo: str) -> str | None:
     """"<model name> (family F model M, <widest feature>)" from the text of /proc/cpuinfo; None without a model
     name. The model name alone does not tell these CPUs apart (a virtual machine shows "AMD EPYC" for
     every generation), the family/model numbers and the vector features do."""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        if not line.strip():
-            break  # the first processor's block is enough
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+    fields = _first_processor(cpuinfo)
     name = fields.get("model name")
     if not name:
         return None
@@ -93,12 +106,13 @@ def cpu_description(cpuinfo: str) -> str | None:
     return f"{name} ({', '.join(details)})" if details else name
 
 
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags (/proc/cpuinfo); empty where they cannot be read (not Linux)."""
+    return frozenset(_first_processor(_read_cpuinfo()).get("flags", "").split())
+
+
 def _cpu_model() -> str:
-    try:
-        described = cpu_description(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        described = None
-    return described or platform.processor() or platform.machine()
+    return cpu_description(_read_cpuinfo()) or platform.processor() or platform.machine()
 
 
 def provenance(device: str | torch.device | None = None, **extra) -> dict:

@@ -27,6 +27,7 @@ import numbers
 import os
 import pickle
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from inversion import distributed
 from inversion.atomic import atomic_torch_save, atomic_write_text
+from inversion.provenance import cpu_flags, device_name
 
 
 @dataclasses.dataclass
@@ -139,6 +141,26 @@ class TrainResult:
     resumed_from: int = 0  # the step this session started at (0: a fresh run)
 
 
+
+# CPU features under which bf16 autocast was measured faster than fp32 here (Intel Xeon and AMD EPYC family 25,
+# both AVX-512: 1.38-1.64x). Without them oneDNN emulates bf16: 3.6x slower than fp32 on an AMD EPYC of family
+# 23 (bench/results/train_step_cpu-amd-family23.md).
+FAST_BF16_FEATURES = frozenset({"avx512f", "avx512_bf16", "amx_bf16"})
+
+
+def warn_if_bf16_is_slow_here() -> None:
+    """Warn (once per place, as warnings do) that bf16 autocast is asked for on a CPU without AVX-512. It runs
+    as asked: bf16 is part of the model's recipe (a parameter set's, in its stage keys), so silently training
+    in fp32 would be another model; the warning says why the steps are slow and where it was measured."""
+    flags = cpu_flags()
+    if flags and not flags & FAST_BF16_FEATURES:
+        warnings.warn(f"bf16 autocast on a CPU without AVX-512 ({device_name('cpu')}): bf16 is emulated here, "
+                      "and a step measured 3.6x slower than fp32 on such a CPU "
+                      "(bench/results/train_step_cpu-amd-family23.md). It runs as asked, since bf16 is part "
+                      "of the recipe; expect long steps, or run on a CPU with AVX-512 or a GPU.",
+                      RuntimeWarning, stacklevel=3)
+
+
 def fit(
     model: torch.nn.Module,
     loss_fn: Callable[[torch.nn.Module, Sequence[torch.Tensor]], torch.Tensor],
@@ -231,6 +253,8 @@ def fit(
     if cfg.compile:
         objective = torch.compile(objective)  # compiled on the first step; evaluation stays eager
 
+    if cfg.bf16 and device.type == "cpu":
+        warn_if_bf16_is_slow_here()
     stopped_early = state.get("stopped_early", False)
     resumed_from = state["step"]
     t0 = time.perf_counter() - state["seconds"]
