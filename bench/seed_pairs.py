@@ -10,8 +10,12 @@ of networks this writes the per-seed paired differences (``inversion.bounds.pair
 s.e.) and, where both have two seeds or more, the seed-paired difference
 (``inversion.bounds.seed_paired_difference``: ± the spread of the per-seed differences and the test-set s.e.,
 beside the noise the same models give treated as independent); for each network with two seeds, seed 0 −
-seed 1. The chapters compute the same from the plan once it holds every model; this reads committed results
-only (nothing is trained). Writes bench/results/seed_pairs-<set><tag>.{json,md}, atomically.
+seed 1. ``--reference STAGE`` (an ``unconditional_nce-<key>`` folder: the p(x) the models were warm-started
+from, on the same test images) adds each model's gain over it (issue 14's gain over the unconditional model,
+the V-information estimate), per seed ± the test-set s.e. and, with two seeds or more, the mean over seeds ± the
+spread of the per-seed gains and the test-set s.e. The chapters compute the same from the plan once it holds
+every model; this reads committed results only (nothing is trained). Writes
+bench/results/seed_pairs-<set><tag>.{json,md}, atomically.
 """
 
 from __future__ import annotations
@@ -49,19 +53,48 @@ def parse_network(text: str, root: Path, ap: argparse.ArgumentParser) -> tuple[s
     return name, folders
 
 
+def check_reference(folder: str, root: Path, ap: argparse.ArgumentParser) -> str:
+    if not folder.startswith(("unconditional_nce-", "nce-")):
+        ap.error(f"--reference {folder!r} is not an NCE stage folder: give the p(x)'s unconditional_nce-<key> "
+                 f"(`python -m inversion.pipeline list --params <set>` names it)")
+    if not (root / folder / "log_probs.npy").exists():
+        ap.error(f"--reference: {root / folder / 'log_probs.npy'} does not exist: compute the stage or check its name")
+    return folder
+
+
+def gains_over_reference(log_probs: dict[str, list[torch.Tensor]], reference: torch.Tensor) -> list[dict]:
+    """Each network's gain over the reference, per seed (paired over the images) and, with two seeds or more,
+    their mean ± the spread of the per-seed gains and the test-set s.e. (``seed_paired_difference`` with the one
+    reference model standing in for every seed)."""
+    out = []
+    for n, lps in log_probs.items():
+        per_seed = [paired_difference(lp, reference) for lp in lps]
+        row = {"network": n, "per_seed": [{"value": m, "test_se": s} for m, s in per_seed]}
+        if len(lps) >= 2:
+            d = seed_paired_difference(dict(enumerate(lps)), {s: reference for s in range(len(lps))})
+            row["seed_paired"] = dataclasses.asdict(d)
+        out.append(row)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("networks", nargs="+", metavar="NAME=NCE_STAGE[,NCE_STAGE...]")
     ap.add_argument("--params", default="quick")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--tag", default="")
+    ap.add_argument("--reference", metavar="STAGE", help="unconditional_nce-<key>: add each model's gain over it")
     args = ap.parse_args(argv)
     root = pipeline.Cache(pipeline.load_params(args.params), compute=False).root
     nets = dict(parse_network(t, root, ap) for t in args.networks)
     if len(nets) != len(args.networks):
         ap.error("each network name may be given once")
+    reference = args.reference and check_reference(args.reference, root, ap)
     log_probs = {n: [torch.as_tensor(np.load(root / f / "log_probs.npy")) for f in fs] for n, fs in nets.items()}
     shapes = {n: sorted({tuple(lp.shape) for lp in lps}) for n, lps in log_probs.items()}
+    if reference:
+        ref_lp = torch.as_tensor(np.load(root / reference / "log_probs.npy"))
+        shapes["--reference"] = [tuple(ref_lp.shape)]
     if len({shape for ss in shapes.values() for shape in ss}) != 1:
         ap.error(f"the stages hold different numbers of test images ({shapes}): compare NCEs on the same images")
 
@@ -84,12 +117,14 @@ def main(argv=None) -> int:
         if len(lps) >= 2:
             m, s = paired_difference(lps[0], lps[1])
             seeds.append({"network": n, "value": m, "test_se": s})
+    gains = gains_over_reference(log_probs, ref_lp) if reference else []
     prov = provenance("cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"seed_pairs-{args.params}{args.tag}"
     record = {"command": "python bench/seed_pairs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "stages": nets, "differences": rows, "seed0_minus_seed1": seeds, "provenance": prov}
+              "stages": nets, "differences": rows, "seed0_minus_seed1": seeds,
+              **({"reference": reference, "gains_over_reference": gains} if reference else {}), "provenance": prov}
     atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
     md = [f"# Seed-paired NCE differences ({args.params})", "",
           f"`{record['command']}` at commit {prov['commit'][:10]}, reading committed NCE stages "
@@ -99,8 +134,18 @@ def main(argv=None) -> int:
           "(`inversion.bounds.seed_paired_difference`); with two seeds that spread has one degree of freedom.", "",
           "| difference | per seed | seed-paired |", "| --- | --- | --- |", *lines, ""]
     md += [f"- {r['network']}: seed 0 − seed 1 = {r['value']:+.2f} ± {r['test_se']:.2f}" for r in seeds]
+    if reference:
+        md += ["", f"Gain over `{reference}` (each model's NCE minus the reference's, paired over the same images):",
+               "", "| network | per seed | mean over seeds |", "| --- | --- | --- |"]
+        for g in gains:
+            sp = g.get("seed_paired")
+            mean = (f"**{sp['value']:+.2f} ± {sp['noise']:.2f}** (sd of the per-seed gains {sp['seed_sd']:.2f}, "
+                    f"test-set s.e. {sp['test_se']:.2f})" if sp else "single seed")
+            per_seed = ", ".join(f"{p['value']:+.2f} ± {p['test_se']:.2f}" for p in g["per_seed"])
+            md.append(f"| {g['network']} | {per_seed} | {mean} |")
     atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
-    print("\n".join(lines + [f"{r['network']} seed0-seed1 {r['value']:+.2f} ± {r['test_se']:.2f}" for r in seeds]))
+    print("\n".join(lines + [f"{r['network']} seed0-seed1 {r['value']:+.2f} ± {r['test_se']:.2f}" for r in seeds]
+                    + [f"{g['network']} gain {[round(p['value'], 2) for p in g['per_seed']]}" for g in gains]))
     print(f"wrote {stem}.md")
     return 0
 
