@@ -90,7 +90,7 @@ def seed_mean_curve(per_step: Mapping, steps) -> np.ndarray:
     return np.array([np.mean([lp.mean() for lp in per_step[t].values()]) for t in steps])
 
 
-def _difference(s: DynamicsSummary, layer: str, a: tuple[str, int], b: tuple[str, int]) -> Difference:
+def nce_difference(s: DynamicsSummary, layer: str, a: tuple[str, int], b: tuple[str, int]) -> Difference:
     """NCE(regime a[0], step a[1]) − NCE(b) at ``layer`` with its noise: per seed as common random numbers
     when the run paired its seeds (``seed_paired_difference``), else the main models' paired test-set s.e.
     combined with the layer's seed spread (``difference_noise``)."""
@@ -176,8 +176,8 @@ def rise_and_fall(s: DynamicsSummary, regime: str, layer: str) -> RiseAndFall:
     else:
         nats = [s.nce[regime][layer][t].value for t in steps]
     peak = steps[int(np.argmax(nats))]
-    rise = _difference(s, layer, (regime, peak), (regime, steps[0]))
-    fall = _difference(s, layer, (regime, steps[-1]), (regime, peak))
+    rise = nce_difference(s, layer, (regime, peak), (regime, steps[0]))
+    fall = nce_difference(s, layer, (regime, steps[-1]), (regime, peak))
     return RiseAndFall(peak=peak, rise=rise, fall=fall,
                        shown=bool(peak not in (steps[0], steps[-1]) and rise.value > 2 * rise.noise
                                   and -fall.value > 2 * fall.noise))
@@ -205,7 +205,7 @@ def rise_and_fall_verdict(s: DynamicsSummary, r: RiseAndFall) -> tuple[bool | No
 def overfit_minus_regular(s: DynamicsSummary, layer: str) -> Difference:
     """The overfitted network's NCE minus the regular one's at the last checkpoint, paired, with its noise."""
     last = s.steps[-1]
-    return _difference(s, layer, ("overfit", last), ("regular", last))
+    return nce_difference(s, layer, ("overfit", last), ("regular", last))
 
 
 def dynamics_claims(s: DynamicsSummary) -> list[Claim]:
