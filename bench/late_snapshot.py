@@ -62,21 +62,6 @@ def compare(s: DR.DynamicsSummary, early: int, late: int) -> list[Comparison]:
     return out
 
 
-def with_dependencies(results) -> list[dict]:
-    """The result.json of every stage the results rest on, each once: the results and, through their recorded
-    ``deps``, the models and classifiers behind them (the summary's results hold the NCEs, not every model)."""
-    seen, todo, out = set(), [r.dir for r in results], []
-    while todo:
-        d = todo.pop()
-        if d.name in seen or not (d / "result.json").exists():
-            continue
-        seen.add(d.name)
-        info = json.loads((d / "result.json").read_text())
-        out.append(info)
-        todo += [d.parent / dep for dep in info.get("deps", {}).values()]
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", required=True, help="the parameter set (name or YAML path) the run was computed with")
@@ -98,15 +83,15 @@ def main(argv=None) -> int:
     gains = {g: {l: {t: dataclasses.asdict(s.gain(g, l, t)) for t in (early, late)} for l in s.layers}
              for g in s.regimes} if s.unconditional else {}
     accuracy = {g: {t: dataclasses.asdict(s.accuracy[g][t]) for t in (early, late)} for g in s.regimes}
-    results = with_dependencies(C.flat_results(R))
-    devices = sorted({r["provenance"].get("device", "?") for r in results})
+    results = C.flat_results(R)  # with the models behind the NCEs (their recorded deps)
+    devices = sorted({r.provenance.get("device", "?") for r in results})
     prov = provenance("cpu")
     record = {"command": "python bench/late_snapshot.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "params": P.source or P.name, "dynamics_section": P.data["dynamics"], "steps": steps, "early": early, "late": late,
               "paired_seeds": bool(s.by_seed), "comparisons": [dataclasses.asdict(c) for c in rows],
               "gains_over_px": gains, "accuracy": accuracy, "stage_devices": devices,
               "n_stages": len(results),
-              "stage_wall_s": round(sum(r["provenance"].get("wall_s", 0.0) for r in results), 1), "provenance": prov}
+              "stage_wall_s": round(sum(r.provenance.get("wall_s", 0.0) for r in results), 1), "provenance": prov}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"late_snapshot-{P.name}{args.tag}"

@@ -59,22 +59,3 @@ def test_a_run_not_computed_says_how_to_compute_it(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert e.value.code == 2 and "is not computed" in err and "inversion.pipeline run" in err
 
-
-def test_stage_time_counts_every_stage_behind_the_results_once(tmp_path):
-    """An NCE's result rests on its model and classifier (recorded ``deps``); shared ones count once."""
-    import json
-
-    from inversion.pipeline import Result
-
-    def stage(name, wall, **deps):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "result.json").write_text(json.dumps({"deps": deps, "provenance": {"wall_s": wall}}))
-        return Result(tmp_path / name)
-
-    stage("classifier-c", 10.0)
-    stage("model-a", 5.0, classifier="classifier-c")
-    stage("model-b", 6.0, classifier="classifier-c")
-    nces = [stage("nce-a", 1.0, inversion="model-a", classifier="classifier-c"),
-            stage("nce-b", 2.0, inversion="model-b", classifier="classifier-c")]
-    infos = late_snapshot.with_dependencies(nces)
-    assert len(infos) == 5 and sum(i["provenance"]["wall_s"] for i in infos) == 24.0

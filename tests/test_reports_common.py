@@ -139,3 +139,23 @@ def test_most_samples_is_decided_by_twice_the_stderr_and_by_the_point_estimate_o
     assert mostly(0.46, 0.0201) is None and mostly(0.46, 0.0199) is False
     assert mostly(0.54, None) is True and mostly(0.46, None) is False  # no s.e. stored: the point estimate
     assert mostly(1.0, 0.0) is True and mostly(0.5, 0.0) is None  # every image alike
+
+
+def test_flat_results_adds_the_stages_each_result_was_computed_from_once(tmp_path):
+    """An NCE's result rests on its model and classifier (its recorded ``deps``): a page's provenance lists
+    them too, each once however many results share them; a dependency not in the cache is skipped."""
+    from inversion.reports.common import flat_results
+
+    def stage(name, wall, **deps):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps({"deps": deps, "provenance": {"wall_s": wall}}))
+        return Result(tmp_path / name)
+
+    stage("classifier-c", 10.0)
+    stage("model-a", 5.0, classifier="classifier-c")
+    stage("model-b", 6.0, classifier="classifier-c", start="unconditional-gone")
+    tree = {"nce": [stage("nce-a", 1.0, inversion="model-a", classifier="classifier-c")],
+            "replicates": {1: stage("nce-b", 2.0, inversion="model-b", classifier="classifier-c")}}
+    flat = flat_results(tree)
+    assert sorted(r.dir.name for r in flat) == ["classifier-c", "model-a", "model-b", "nce-a", "nce-b"]
+    assert sum(r.provenance["wall_s"] for r in flat) == 24.0

@@ -615,14 +615,24 @@ def provenance_caption(results: Iterable, param_set: str) -> str:
 
 
 def flat_results(tree) -> list:
-    """Every stage result in a nested dict/list of results, each once."""
+    """Every stage result in a nested dict/list of results and every stage each was computed from (the ``deps``
+    its result.json records, found beside it in the cache), each once: a page's provenance names the models
+    behind its numbers, not only the results it reads (an NCE's replicate model, a §5.2 model's p(x))."""
     out, seen = [], set()
+
+    def add(r):
+        if r.dir in seen:
+            return
+        seen.add(r.dir)
+        out.append(r)
+        for dep in r.info.get("deps", {}).values():
+            d = r.dir.parent / dep
+            if (d / "result.json").exists():
+                add(type(r)(d))
 
     def rec(x):
         if hasattr(x, "provenance") and hasattr(x, "dir"):
-            if x.dir not in seen:
-                seen.add(x.dir)
-                out.append(x)
+            add(x)
         elif isinstance(x, Mapping):
             for v in x.values():
                 rec(v)
