@@ -93,7 +93,7 @@ def test_every_chapter_runs_with_the_smoke_set(executed, chapter):
     assert errors[chapter] is None, f"{chapter} failed:\n{str(errors[chapter])[-5000:]}"
     cells = [c for c in json.loads((out / f"{chapter}.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
     counts = [c["execution_count"] for c in cells if "".join(c["source"]).strip()]
-    assert len(counts) >= 3 and counts == sorted(counts) and None not in counts, f"{chapter}: {counts}"
+    assert len(counts) >= 3 and None not in counts and counts == sorted(counts), f"{chapter}: {counts}"
     assert not [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
