@@ -50,8 +50,7 @@ def compare(s: DR.DynamicsSummary, early: int, late: int) -> list[Comparison]:
 
     def add(layer, what, a, b):
         d = DR.nce_difference(s, layer, a, b)
-        out.append(Comparison(layer, what, d.value, d.noise, 0 if abs(d.value) <= 2 * d.noise else
-                              (1 if d.value > 0 else -1)))
+        out.append(Comparison(layer, what, d.value, d.noise, {True: 1, False: -1, None: 0}[C.decide(d, +1)]))
 
     for l in s.layers:
         for g in s.regimes:
@@ -87,7 +86,8 @@ def main(argv=None) -> int:
     devices = sorted({r.provenance.get("device", "?") for r in results})
     prov = provenance("cpu")
     record = {"command": "python bench/late_snapshot.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "params": P.source or P.name, "dynamics_section": P.data["dynamics"], "steps": steps, "early": early, "late": late,
+              "params": P.source or P.name, "dynamics_section": P.data["dynamics"], "steps": steps,
+              "early": early, "late": late,
               "paired_seeds": bool(s.by_seed), "comparisons": [dataclasses.asdict(c) for c in rows],
               "gains_over_px": gains, "accuracy": accuracy, "stage_devices": devices,
               "n_stages": len(results),

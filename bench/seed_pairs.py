@@ -39,27 +39,23 @@ from inversion.bounds import paired_difference, seed_paired_difference  # noqa: 
 from inversion.provenance import provenance  # noqa: E402
 
 
+def check_nce_stage(folder: str, root: Path, ap: argparse.ArgumentParser, who: str,
+                    prefixes: tuple[str, ...] = ("nce-",)) -> str:
+    """``folder`` names an NCE stage (one of ``prefixes``) whose per-image log-probs are in the cache."""
+    if not folder.startswith(prefixes):
+        ap.error(f"{who}: {folder!r} is not an NCE stage folder ({' or '.join(p + '<key>' for p in prefixes)}); "
+                 f"`python -m inversion.pipeline list --params <set>` names them")
+    if not (root / folder / "log_probs.npy").exists():
+        ap.error(f"{who}: {root / folder / 'log_probs.npy'} does not exist: compute the stage or check its name")
+    return folder
+
+
 def parse_network(text: str, root: Path, ap: argparse.ArgumentParser) -> tuple[str, list[str]]:
     name, sep, stages = text.partition("=")
     folders = [s for s in stages.split(",") if s]
     if not sep or not name or not folders:
         ap.error(f"{text!r}: write NAME=NCE_STAGE[,NCE_STAGE...], e.g. conv=nce-6b9c94ad5988,nce-dd5ec33e1ca7")
-    for f in folders:
-        if not f.startswith("nce-"):
-            ap.error(f"{name}: {f!r} is not an NCE stage folder (nce-<key>); `python -m inversion.pipeline list "
-                     f"--params <set>` names them")
-        if not (root / f / "log_probs.npy").exists():
-            ap.error(f"{name}: {root / f / 'log_probs.npy'} does not exist: compute the stage or check its name")
-    return name, folders
-
-
-def check_reference(folder: str, root: Path, ap: argparse.ArgumentParser) -> str:
-    if not folder.startswith(("unconditional_nce-", "nce-")):
-        ap.error(f"--reference {folder!r} is not an NCE stage folder: give the p(x)'s unconditional_nce-<key> "
-                 f"(`python -m inversion.pipeline list --params <set>` names it)")
-    if not (root / folder / "log_probs.npy").exists():
-        ap.error(f"--reference: {root / folder / 'log_probs.npy'} does not exist: compute the stage or check its name")
-    return folder
+    return name, [check_nce_stage(f, root, ap, name) for f in folders]
 
 
 def gains_over_reference(log_probs: dict[str, list[torch.Tensor]], reference: torch.Tensor) -> list[dict]:
@@ -89,7 +85,8 @@ def main(argv=None) -> int:
     nets = dict(parse_network(t, root, ap) for t in args.networks)
     if len(nets) != len(args.networks):
         ap.error("each network name may be given once")
-    reference = args.reference and check_reference(args.reference, root, ap)
+    reference = args.reference and check_nce_stage(args.reference, root, ap, "--reference",
+                                                   ("unconditional_nce-", "nce-"))
     log_probs = {n: [torch.as_tensor(np.load(root / f / "log_probs.npy")) for f in fs] for n, fs in nets.items()}
     shapes = {n: sorted({tuple(lp.shape) for lp in lps}) for n, lps in log_probs.items()}
     if reference:

@@ -58,4 +58,3 @@ def test_a_run_not_computed_says_how_to_compute_it(tmp_path, monkeypatch, capsys
         late_snapshot.main(["--params", "smoke", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "is not computed" in err and "inversion.pipeline run" in err
-
