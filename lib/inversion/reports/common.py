@@ -627,7 +627,7 @@ def flat_results(tree) -> list:
         out.append(r)
         for dep in r.info.get("deps", {}).values():
             d = r.dir.parent / dep
-            if (d / "result.json").exists():
+            if d not in seen and (d / "result.json").exists():  # each shared dependency read once
                 add(type(r)(d))
 
     def rec(x):
