@@ -1,7 +1,8 @@
 """§5.3 in numbers and pictures: the NCE of each layer over the classifier's training, regular vs overfitted.
 
 ``dynamics_summary`` reads the results of ``pipeline.dynamics`` into a ``DynamicsSummary``; ``figure5b`` draws the paper's
-Fig. 5b (plus the classifiers' accuracies); ``dynamics_claims`` checks the paper's two claims by stated
+Fig. 5b (plus the classifiers' accuracies) and ``figure_nce_change`` the same curves as the differences the claims
+judge, with their noise; ``dynamics_claims`` checks the paper's two claims by stated
 criteria. Differences between checkpoints or regimes are paired over the same test images, so per-image
 difficulty cancels and the standard errors are those of the differences.
 """
@@ -145,14 +146,53 @@ def figure5b(s: DynamicsSummary):
         ax.plot(x, 100 * a[:, 1], marker=".", ls="--", color=REGIME_COLOURS.get(g), label="train")
     ax.set_title("classifier accuracy [%]", fontsize=9)
     axes[0].legend(fontsize=7)
-    for ax in axes[:n]:
+    _step_axes(axes[:n], steps, columns)
+    fig.tight_layout()
+    return fig
+
+
+def _step_axes(axes, steps, columns: int) -> None:
+    """Classifier updates on a log axis (step 0 one decade left, see ``_x``), labelled under the bottom row."""
+    for ax in axes:
         ax.set_xscale("log")
-        ax.set_xticks(x, [str(t) for t in steps], fontsize=7, rotation=45)
+        ax.set_xticks(_x(steps), [str(t) for t in steps], fontsize=7, rotation=45)
         ax.minorticks_off()
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in axes[max(0, n - columns):n]:
+    for ax in axes[max(0, len(axes) - columns):]:
         ax.set_xlabel("classifier updates", fontsize=8)
+
+
+def nce_changes(s: DynamicsSummary) -> dict[str, dict[str, list[Difference]]]:
+    """regime -> layer -> [NCE(regime, t) − NCE(step 0) for every step t]: the differences the claims judge,
+    each with its noise (``nce_difference``). Before its first update a classifier is its random
+    initialisation, so both regimes are measured from the same step-0 models (the regular network's)."""
+    first = ("regular" if "regular" in s.regimes else s.regimes[0], s.steps[0])
+    return {g: {l: [nce_difference(s, l, (g, t), first) for t in s.steps] for l in s.layers} for g in s.regimes}
+
+
+def figure_nce_change(s: DynamicsSummary):
+    """The NCE along training as the claims see it: per layer, NCE(t) − NCE(step 0) for each regime, ± 2 × the
+    noise of that difference (seed-paired when the run paired its seeds). Fig. 5b's ± 2 s.e. of each NCE
+    alone is the spread of the test images' difficulty, which cancels in every difference; this is the scale
+    on which a rise, a fall or a lead of the overfitted network is decided."""
+    changes = nce_changes(s)
+    columns = min(3, len(s.layers))
+    rows = math.ceil(len(s.layers) / columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH_IN, 2.35 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(s.layers):]:
+        ax.set_visible(False)
+    x = _x(s.steps)
+    for ax, l in zip(axes, s.layers):
+        ax.axhline(0.0, color="0.5", lw=0.8)
+        for g in s.regimes:
+            d = changes[g][l]
+            ax.errorbar(x, [c.value for c in d], yerr=[2 * c.noise for c in d], marker="o", ms=4, capsize=2,
+                        color=REGIME_COLOURS.get(g), label=regime_label(g).split(" (")[0])
+        ax.set_title(f"{layer_label(l)}: ΔNCE [nats]", fontsize=9)
+    axes[0].legend(fontsize=7)
+    _step_axes(axes[:len(s.layers)], s.steps, columns)
     fig.tight_layout()
     return fig
 
