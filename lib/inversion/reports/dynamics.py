@@ -174,8 +174,9 @@ def nce_changes(s: DynamicsSummary) -> dict[str, dict[str, list[Difference]]]:
 def figure_nce_change(s: DynamicsSummary):
     """The NCE along training as the claims see it: per layer, NCE(t) − NCE(step 0) for each regime, ± 2 × the
     noise of that difference (seed-paired when the run paired its seeds). Fig. 5b's ± 2 s.e. of each NCE
-    alone is the spread of the test images' difficulty, which cancels in every difference; this is the scale
-    on which a rise, a fall or a lead of the overfitted network is decided."""
+    is mostly the spread of the test images' difficulty, which cancels in every difference; this is the scale
+    on which the claims are decided (a rise, a fall, or the gap between the curves; the noise of a fall or a
+    gap itself is in the claims table)."""
     changes = nce_changes(s)
     columns = min(3, len(s.layers))
     rows = math.ceil(len(s.layers) / columns)
