@@ -100,5 +100,6 @@ def test_the_change_figure_draws_the_differences_the_claims_judge():
     assert [round(d.value, 9) for d in changes["overfit"]["fc3"]] == [3, 25, 25, 25]
     assert changes["regular"]["fc3"][0].noise == 0.0 and all(d.noise > 0 for d in changes["overfit"]["fc3"])
     fig = figure_nce_change(s)
-    plotted = [np.round(np.asarray(line.get_ydata(), float), 9).tolist() for line in fig.axes[0].lines if len(line.get_ydata()) == 4]
+    lines = [np.asarray(line.get_ydata(), float) for line in fig.axes[0].lines]
+    plotted = [np.round(y, 9).tolist() for y in lines if len(y) == 4]
     assert [0, 20, 5, -10] in plotted and [3, 25, 25, 25] in plotted

@@ -127,12 +127,7 @@ def figure5b(s: DynamicsSummary):
     layers, steps = s.layers, s.steps
     x = _x(steps)
     n = len(layers) + 1
-    columns = min(3, n)
-    rows = math.ceil(n / columns)
-    fig, grid = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH_IN, 2.35 * rows), squeeze=False)
-    axes = list(grid.flat)
-    for ax in axes[n:]:
-        ax.set_visible(False)
+    fig, axes = _panels(n)
     for ax, l in zip(axes, layers):
         for g in s.regimes:
             v = np.array([(s.nce[g][l][t].value, s.nce[g][l][t].stderr) for t in steps])
@@ -146,13 +141,25 @@ def figure5b(s: DynamicsSummary):
         ax.plot(x, 100 * a[:, 1], marker=".", ls="--", color=REGIME_COLOURS.get(g), label="train")
     ax.set_title("classifier accuracy [%]", fontsize=9)
     axes[0].legend(fontsize=7)
-    _step_axes(axes[:n], steps, columns)
+    _step_axes(axes, steps)
     fig.tight_layout()
     return fig
 
 
-def _step_axes(axes, steps, columns: int) -> None:
+def _panels(n: int):
+    """A figure of ``n`` panels, three to a row (the text column's width): (figure, the n axes)."""
+    columns = min(3, n)
+    rows = math.ceil(n / columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH_IN, 2.35 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _step_axes(axes, steps) -> None:
     """Classifier updates on a log axis (step 0 one decade left, see ``_x``), labelled under the bottom row."""
+    columns = min(3, len(axes))
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xticks(_x(steps), [str(t) for t in steps], fontsize=7, rotation=45)
@@ -178,12 +185,7 @@ def figure_nce_change(s: DynamicsSummary):
     on which the claims are decided (a rise, a fall, or the gap between the curves; the noise of a fall or a
     gap itself is in the claims table)."""
     changes = nce_changes(s)
-    columns = min(3, len(s.layers))
-    rows = math.ceil(len(s.layers) / columns)
-    fig, grid = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH_IN, 2.35 * rows), squeeze=False)
-    axes = list(grid.flat)
-    for ax in axes[len(s.layers):]:
-        ax.set_visible(False)
+    fig, axes = _panels(len(s.layers))
     x = _x(s.steps)
     for ax, l in zip(axes, s.layers):
         ax.axhline(0.0, color="0.5", lw=0.8)
@@ -193,7 +195,7 @@ def figure_nce_change(s: DynamicsSummary):
                         color=REGIME_COLOURS.get(g), label=regime_label(g).split(" (")[0])
         ax.set_title(f"{layer_label(l)}: ΔNCE [nats]", fontsize=9)
     axes[0].legend(fontsize=7)
-    _step_axes(axes[:len(s.layers)], s.steps, columns)
+    _step_axes(axes, s.steps)
     fig.tight_layout()
     return fig
 
