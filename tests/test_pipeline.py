@@ -12,18 +12,21 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from inversion import pipeline
 from inversion.pipeline import plans
+from inversion.pipeline.__main__ import main
 from inversion.pipeline.background import toy_distribution, toy_exact_entropies
 from inversion.pipeline.cache import Cache, CheckpointMismatch, StageMissing, iter_refs, pack, ref, stage, unpack
 from inversion.pipeline.dynamics import SNAPSHOT
 from inversion.pipeline.layers import CLASSIFIER, INVERSION, NCE, layers_plan
-from inversion.pipeline.params import Params
+from inversion.pipeline.params import PARAMS_DIR, Params
 from inversion.pipeline.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,6 +157,22 @@ def test_compile_is_how_a_stage_runs_not_what_it_is(tmp_path):
     prov = {name: json.loads((res.dir / "result.json").read_text())["provenance"] for name, res in
             (("eager", eager), ("compiled", compiled))}
     assert "compiled" not in prov["eager"] and prov["compiled"]["compiled"] is True
+
+
+def test_compiled_bf16_on_cuda_is_refused_before_any_stage_runs(tmp_path, capsys):
+    """`run --compile` on cuda with a bf16 PixelCNN++ still to train exits 2 naming the stages and the reason
+    (inversion.training.check_compile), before computing anything."""
+    data = yaml.safe_load((PARAMS_DIR / "smoke.yaml").read_text())
+    data["name"] = "smoke-bf16"
+    data["architectures"]["inversion"]["bf16"] = True
+    params = tmp_path / "smoke-bf16.yaml"
+    params.write_text(yaml.safe_dump(data))
+    argv = ["run", "--params", str(params), "--only", "architectures", "--device", "cuda", "--cache", str(tmp_path / "c")]
+    with mock.patch("torch.cuda.is_available", return_value=True):
+        assert main(argv + ["--compile"]) == 2
+    err = capsys.readouterr().err
+    assert "--compile on cuda: " in err and "warm_inversion-" in err and "drop --compile" in err
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("result.json"))
 
 
 def test_failed_stage_leaves_no_result_and_resumes_from_its_work_dir(cache):

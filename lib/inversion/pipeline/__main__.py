@@ -33,6 +33,7 @@ from inversion.pipeline.cache import CACHE_ENV, Cache, iter_refs, pack, unpack
 from inversion.pipeline.engine import Job, StageFailed, connect, run_parallel
 from inversion.pipeline.plans import STAGES, available, load_params, plan, plan_costs
 from inversion.pipeline.schema import ConfigError
+from inversion.training import check_compile
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -141,6 +142,8 @@ def _run(args) -> int:
                 print(f"skipping {d}: {why}", file=sys.stderr)
                 del the_plan["layers"][d]
     refs = list(iter_refs(the_plan))
+    if args.compile:
+        _refuse_compiled_bf16(refs, cache)
     if args.threads < 0:
         raise ConfigError(f"--threads must be >= 0 (0: the default), got {args.threads}")
     if args.workers or args.scheduler:
@@ -155,6 +158,21 @@ def _run(args) -> int:
               f"{time.perf_counter() - t0:.0f} s; results in {cache.root}"
               + (f"; {cache.group.world_size} processes (torchrun)" if cache.group else ""))
     return 0
+
+
+COMPILED_STAGES = ("inversion", "unconditional", "warm_inversion")  # the stages --compile changes (layers._fit_pixelcnn)
+
+
+def _refuse_compiled_bf16(refs, cache: Cache) -> None:
+    """``--compile`` on cuda with a bf16 PixelCNN++ still to train is refused before any stage runs, not when
+    that stage is reached (``inversion.training.check_compile`` says why)."""
+    todo = [r.dirname for r in refs if r.stage.name in COMPILED_STAGES and r.config.get("bf16") and not cache.has(r)]
+    if todo:
+        try:
+            check_compile(torch.device(cache.device), True, True)
+        except ValueError as e:
+            more = f" and {len(todo) - 3} more" if len(todo) > 3 else ""
+            raise ConfigError(f"--compile on {cache.device}: {', '.join(todo[:3])}{more} train under bf16. {e}") from None
 
 
 def _costs_table(costs) -> str:
