@@ -50,7 +50,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the PixelCNN++ inversion models' training: the same stages (not part of "
                           "any key, recorded in their provenance), ~1.65x faster steps on a CPU after ~3 min of "
-                          "compiling per model shape; pays for stages of thousands of steps")
+                          "compiling per model shape; pays for stages of thousands of steps. Refused on cuda for bf16 "
+                          "models, which diverged there (bench/results/compile_autocast-cuda.md)")
     run.add_argument("--workers", type=int, default=0, metavar="N",
                      help="run stages in parallel on a local Dask cluster of N worker processes (on cuda: one per "
                           "GPU, at most N); 0 (default): one after another in this process")
