@@ -161,13 +161,11 @@ def _run(args) -> int:
     return 0
 
 
-COMPILED_STAGES = ("inversion", "unconditional", "warm_inversion")  # the stages --compile changes (layers._fit_pixelcnn)
-
-
 def _refuse_compiled_bf16(refs, cache: Cache) -> None:
     """``--compile`` on cuda with a bf16 PixelCNN++ still to train is refused before any stage runs, not when
-    that stage is reached (``inversion.training.check_compile`` says why)."""
-    todo = [r.dirname for r in refs if r.stage.name in COMPILED_STAGES and r.config.get("bf16") and not cache.has(r)]
+    that stage is reached (``inversion.training.check_compile`` says why). Only the PixelCNN++ training stages,
+    the ones --compile compiles, have a ``bf16`` setting (``PixelCNNConfig``)."""
+    todo = [r.dirname for r in refs if r.config.get("bf16") and not cache.has(r)]
     if todo:
         try:
             check_compile(torch.device(cache.device), True, True)
