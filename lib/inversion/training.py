@@ -10,6 +10,8 @@ What it guarantees, so callers need not:
 - Early stopping on a validation score (higher is better) with the best weights kept in
   ``workdir/best.pt``.
 - Progress through tqdm.
+- On a GPU, optionally one recorded step (``cuda_graph``): forward, backward and Adam replayed as one CUDA
+  graph, for models whose steps are too small to keep a GPU busy between kernel launches.
 - Data-parallel under torchrun. Inside ``inversion.distributed.data_parallel(group)`` every rank trains on
   its shard of each global batch through DistributedDataParallel, with the single-process run's global
   batch and schedule; rank 0 alone writes checkpoints (see ``inversion.distributed``).
@@ -20,6 +22,7 @@ What it guarantees, so callers need not:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -61,6 +64,12 @@ class TrainConfig:
     # from a few thousand steps. Dropout masks then come from inductor's generator: still a function of
     # (seed, step), but not the eager run's masks.
     compile: bool = False
+    # Record one whole step (forward, backward, Adam) as a CUDA graph after a few eager ones and replay it: the
+    # same updates as eager steps on the same GPU (the same kernels, launched by the graph instead of by
+    # Python), for models so small that a step is bound by kernel launches (the quick §5.2 models on an H200:
+    # bench/results/cuda_graph_training-cuda.md). CUDA only; not with compile, torchrun, or random ops in the
+    # step (the dropout masks would not follow the (seed, step) rule: refused when seen).
+    cuda_graph: bool = False
     seed: int = 0
     progress: bool = True
 
@@ -182,6 +191,58 @@ def check_compile(device: torch.device, bf16: bool, compile: bool) -> None:
                          "the model's bf16: false; re-check a newer torch with bench/compile_autocast.py.")
 
 
+# Eager steps before a step is recorded: Adam's state, cuDNN's workspaces and autocast exist by then.
+GRAPH_WARMUP_STEPS = 3
+
+
+def check_cuda_graph(device: torch.device, cfg: TrainConfig, distributed_run: bool = False) -> None:
+    """Refuse ``cfg.cuda_graph`` where a recorded step cannot be the run that was asked for, with the reason."""
+    if not cfg.cuda_graph:
+        return
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"cuda_graph records the training step as a CUDA graph and needs a CUDA device, got "
+                         f"{device}; leave it off on a CPU.")
+    if cfg.compile:
+        raise ValueError("cuda_graph and compile are two ways to run a step: choose one (torch.compile with bf16 "
+                         "is refused on CUDA anyway, see check_compile).")
+    if distributed_run:
+        raise ValueError("cuda_graph is not measured under torchrun (DistributedDataParallel's gradient hooks "
+                         "would be recorded); run one process per model, or leave it off.")
+
+
+def _random_draws(device: torch.device) -> int | None:
+    """The CUDA generator's offset (how far its stream has been drawn since the last seeding); None if unknown."""
+    gen = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    try:
+        return int(gen.get_offset())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _keep_lr_tensors(opt: torch.optim.Optimizer, lr_tensors: list[torch.Tensor]) -> None:
+    """A recorded Adam step reads each group's learning rate from a tensor; schedulers and load_state_dict
+    may put a float there instead. Write the value into the recorded tensor and put it back."""
+    for group, t in zip(opt.param_groups, lr_tensors):
+        if group["lr"] is not t:
+            t.fill_(float(group["lr"]))
+            group["lr"] = t
+
+
+@dataclasses.dataclass
+class _RecordedStep:
+    """One training step recorded as a CUDA graph: copy a batch into ``inputs``, ``replay``, read ``loss``."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]
+    loss: torch.Tensor
+
+    def __call__(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        for static, t in zip(self.inputs, batch):
+            static.copy_(t)
+        self.graph.replay()
+        return self.loss
+
+
 def fit(
     model: torch.nn.Module,
     loss_fn: Callable[[torch.nn.Module, Sequence[torch.Tensor]], torch.Tensor],
@@ -217,8 +278,13 @@ def fit(
     workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     check_compile(device, cfg.bf16, cfg.compile)
+    check_cuda_graph(device, cfg, distributed_run=group is not None)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    if cfg.cuda_graph:  # a recorded Adam step keeps its state and learning rate on the GPU
+        lr_tensors = [torch.tensor(cfg.lr, dtype=torch.float32, device=device)]
+        opt = torch.optim.Adam(model.parameters(), lr=lr_tensors[0], betas=cfg.adam_betas, capturable=True)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_decay**s)
     state_path = workdir / "state.pt"
     state = dict(step=0, best_score=-math.inf, best_step=-1, history=[], evals_since_best=0, seconds=0.0)
@@ -228,6 +294,8 @@ def fit(
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         state = saved["progress"]
+    if cfg.cuda_graph:
+        _keep_lr_tensors(opt, lr_tensors)
 
     def batch_at(step, shard=False):
         idx = batch_indices(n, cfg.batch_size, step, cfg.seed)
@@ -283,22 +351,36 @@ def fit(
     model.train()
     bar = tqdm(total=cfg.steps, initial=state["step"], desc=desc, disable=not cfg.progress, leave=False)
     last_loss = float("nan")
+    recorded: _RecordedStep | None = None
+    side = torch.cuda.Stream(device) if cfg.cuda_graph else None  # eager steps before recording run here
     while state["step"] < cfg.steps and not stopped_early:
         step = state["step"]
         # Dropout noise depends on (seed, step) only, so a resumed run matches an uninterrupted one; under
         # torchrun also on the rank, so shards do not share masks.
         torch.manual_seed(cfg.seed * 7919 + step + (group.rank * 1_000_003 if group else 0))
         batch = batch_at(step, shard=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = objective(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; last good state is in {state_path}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        if recorded is None and cfg.cuda_graph and step >= resumed_from + GRAPH_WARMUP_STEPS:
+            recorded = _record_step(objective, opt, batch, cfg)
+        if recorded is not None:
+            loss = recorded(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; last good state is in "
+                                         f"{state_path}")
+        else:
+            draws = _random_draws(device) if cfg.cuda_graph else None
+            if side is not None:  # the batch was copied on the default stream
+                side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                loss = _eager_step(objective, opt, batch, cfg, model, step, state_path)
+            if side is not None:
+                torch.cuda.current_stream().wait_stream(side)
+            if cfg.cuda_graph and draws is not None and _random_draws(device) != draws:
+                raise ValueError("cuda_graph: this training step draws random numbers (dropout?); a recorded step "
+                                 "would not redraw them from (seed, step) as an eager one does. Train it without "
+                                 "cuda_graph.")
         sched.step()
+        if cfg.cuda_graph:
+            _keep_lr_tensors(opt, lr_tensors)
         state["step"] = step + 1
         last_loss = loss.item()
         bar.update(1)
@@ -330,6 +412,40 @@ def fit(
         seconds=state["seconds"],
         resumed_from=resumed_from,
     )
+
+
+def _eager_step(objective, opt, batch, cfg: TrainConfig, model, step: int, state_path: Path) -> torch.Tensor:
+    """One update, launched op by op; the loss (before the update)."""
+    # autocast's cast cache is off under cuda_graph so the warm-up steps run as the recorded one will
+    with torch.autocast(batch[0].device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
+                        cache_enabled=not cfg.cuda_graph):
+        loss = objective(batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; last good state is in {state_path}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss
+
+
+def _record_step(objective, opt, batch, cfg: TrainConfig) -> _RecordedStep:
+    """Record forward, backward (with clipping) and Adam's update on copies of ``batch`` as one CUDA graph.
+    Recording runs nothing: the caller replays it for this step and every later one. The gradients are unset
+    before recording, so the recorded backward writes them into the graph's own memory."""
+    inputs = [t.clone() for t in batch]
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    with torch.cuda.graph(graph):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16, cache_enabled=False):
+            loss = objective(inputs)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+    return _RecordedStep(graph, inputs, loss)
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:

@@ -28,6 +28,19 @@ def fit_density(model, images, contexts, workdir, loop: TrainConfig, *, valid=No
     def loss_fn(m, batch):
         return -m.log_prob(batch[0], batch[1] if conditional else None).mean()
 
+    if loop.cuda_graph:
+        # log_prob checks every batch's values on the host, which a recorded step cannot do: check all the
+        # training pairs once here, then record the same loss without the checks.
+        if not hasattr(model, "sub_pixel_log_prob"):
+            raise ValueError(f"cuda_graph: {type(model).__name__} has no unchecked log-likelihood to record; "
+                             "train it without cuda_graph")
+        model.check_images(images)
+        model.check_context(contexts, len(images))
+
+        def loss_fn(m, batch):  # noqa: F811 (the checked loss, minus its checks)
+            context = m.on_device(batch[1]) if conditional else None
+            return -m.sub_pixel_log_prob(batch[0], context).sum(dim=(1, 2, 3)).mean()
+
     def on_start(m, batch):
         m.data_init(batch[0], batch[1] if conditional else None)
 

@@ -727,7 +727,7 @@ def _log1mexp(d):
 # --------------------------------------------------------------------------------------------------
 def train_pixelcnn(model: PixelCNNpp, images, contexts, workdir, config: PixelCNNConfig, *, valid=None, device=None,
                    progress=True, checkpoint_every=500, desc="pixelcnn", data_init=True,
-                   compile: bool = False) -> TrainResult:
+                   compile: bool = False, cuda_graph: bool = False) -> TrainResult:
     """Maximum likelihood training of an inversion model on (image, context) pairs; resumable.
 
     Appendix A: Adam (betas 0.95, 0.9995, as in PixelCNN++), ``config.lr`` 1e-3 with a multiplicative decay
@@ -743,13 +743,15 @@ def train_pixelcnn(model: PixelCNNpp, images, contexts, workdir, config: PixelCN
     so that a later call with more steps on the same workdir continues the run instead of refusing it.
 
     ``compile`` (like ``device``) is how the run is executed, not what it trains: ``TrainConfig.compile``. It is
-    left out of config.json, so a run may be resumed with or without it.
+    left out of config.json, so a run may be resumed with or without it. So is ``cuda_graph``
+    (``TrainConfig.cuda_graph``: each step replayed as one recorded CUDA graph).
     """
     write_run_config(workdir, dict(model=model.config, lr=config.lr, lr_decay=config.lr_decay,
                                    batch_size=config.batch_size, bf16=config.bf16, seed=config.seed))
     loop = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, lr_decay=config.lr_decay,
                        adam_betas=(0.95, 0.9995), eval_every=config.eval_every, patience=config.patience,
-                       checkpoint_every=checkpoint_every, bf16=config.bf16, compile=compile, seed=config.seed,
+                       checkpoint_every=checkpoint_every, bf16=config.bf16, compile=compile,
+                       cuda_graph=cuda_graph, seed=config.seed,
                        progress=progress)
     return fit_density(model, images, contexts, workdir, loop, valid=valid, device=device, desc=desc,
                        data_init=data_init)

@@ -33,7 +33,7 @@ from inversion.pipeline.cache import CACHE_ENV, Cache, iter_refs, pack, unpack
 from inversion.pipeline.engine import Job, StageFailed, connect, run_parallel
 from inversion.pipeline.plans import STAGES, available, load_params, plan, plan_costs
 from inversion.pipeline.schema import ConfigError
-from inversion.training import check_compile
+from inversion.training import TrainConfig, check_compile, check_cuda_graph
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -52,6 +52,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                           "any key, recorded in their provenance), ~1.65x faster steps on a CPU after ~3 min of "
                           "compiling per model shape; pays for stages of thousands of steps. Refused on cuda for bf16 "
                           "models, which diverged there (bench/results/compile_autocast-cuda.md)")
+    run.add_argument("--cuda-graphs", action="store_true",
+                     help="on cuda, replay each PixelCNN++ training step as one recorded CUDA graph: the same "
+                          "stages (not part of any key, recorded in their provenance); for models so small that "
+                          "kernel launches bound the step (bench/results/cuda_graph_training-cuda.md). Not with "
+                          "--compile, torchrun, or dropout")
     run.add_argument("--workers", type=int, default=0, metavar="N",
                      help="run stages in parallel on a local Dask cluster of N worker processes (on cuda: one per "
                           "GPU, at most N); 0 (default): one after another in this process")
@@ -106,7 +111,8 @@ def _run(args) -> int:
         return 0
     device = _device(args, P)
     cache = Cache(P, root=args.cache, device=device, progress=getattr(args, "progress", False),
-                  group=_group(args, device), compile=getattr(args, "compile", False))
+                  group=_group(args, device), compile=getattr(args, "compile", False),
+                  cuda_graph=getattr(args, "cuda_graphs", False))
     the_plan = plan(P, args.only)
     if args.cmd == "list":
         rows = list(iter_refs(the_plan))
@@ -145,6 +151,8 @@ def _run(args) -> int:
     refs = list(iter_refs(the_plan))
     if args.compile:
         _refuse_compiled_bf16(refs, cache)
+    if args.cuda_graphs:
+        _check_cuda_graphs(args, cache)
     if args.threads < 0:
         raise ConfigError(f"--threads must be >= 0 (0: the default), got {args.threads}")
     if args.workers or args.scheduler:
@@ -159,6 +167,15 @@ def _run(args) -> int:
               f"{time.perf_counter() - t0:.0f} s; results in {cache.root}"
               + (f"; {cache.group.world_size} processes (torchrun)" if cache.group else ""))
     return 0
+
+
+def _check_cuda_graphs(args, cache: Cache) -> None:
+    """``--cuda-graphs`` where it cannot run is refused before any stage runs (``check_cuda_graph`` says why)."""
+    cfg = TrainConfig(steps=0, batch_size=1, lr=0.0, compile=args.compile, cuda_graph=True)
+    try:
+        check_cuda_graph(torch.device(cache.device), cfg, distributed_run=cache.group is not None)
+    except ValueError as e:
+        raise ConfigError(f"--cuda-graphs: {e}") from None
 
 
 def _refuse_compiled_bf16(refs, cache: Cache) -> None:
@@ -216,7 +233,7 @@ def _run_parallel(args, cache: Cache, refs) -> int:
     workers = args.workers or 0
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
     job = Job(cache.params, root=str(cache.root.parent), device=cache.device, progress=args.progress,
-              threads=threads, compile=cache.compile)
+              threads=threads, compile=cache.compile, cuda_graph=cache.cuda_graph)
     client = connect(args.scheduler, cache.device, workers, threads)
     try:
         try:

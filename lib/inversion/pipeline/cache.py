@@ -309,13 +309,14 @@ def record_session(work: Path, device) -> list[dict]:
 
 class Context:
     """What a stage's body sees: its typed config, its dependencies, output and work directories, device, and
-    whether to compile its PixelCNN++ training (``Cache``'s ``compile``)."""
+    and how to run its PixelCNN++ training (``Cache``'s ``compile`` and ``cuda_graph``)."""
 
     def __init__(self, cache: "Cache", r: Ref, out: Path, work: Path):
         self.cache, self.ref, self.out, self.work = cache, r, out, work
         self.config = r.settings
         self.device = torch.device(cache.device)
         self.compile = cache.compile
+        self.cuda_graph = cache.cuda_graph
         self.execution: dict = {}  # how the body ran, beyond the device (e.g. compiled): into the provenance
         self.opened: dict[str, str] = {}  # "<dependency dir>/<file>": sha256 of each dependency file opened
         self.progress = cache.progress and (cache.group is None or cache.group.is_main)
@@ -417,11 +418,14 @@ class Cache:
     ``torch.compile`` (``TrainConfig.compile``): the same stages, equal up to float rounding, faster from a
     few thousand steps. Like the device it is not part of any key; a stage trained so records
     ``"compiled": true`` in its provenance (through ``Context.execution``).
+    cuda_graph: train them with each step replayed as one recorded CUDA graph (``TrainConfig.cuda_graph``;
+    CUDA only): the same updates, launched by the GPU; recorded as ``"cuda_graph": true`` in the provenance.
     """
 
     def __init__(self, params: Params, root: str | os.PathLike | None = None, device: str | None = None,
                  compute: bool = True, progress: bool = False, log: Callable[[str], None] = _default_log,
-                 group: distributed.Group | None = None, compile: bool = False):
+                 group: distributed.Group | None = None, compile: bool = False,
+                 cuda_graph: bool = False):
         if not isinstance(params, Params):
             raise TypeError("Cache takes a loaded parameter set: inversion.pipeline.load_params(name)")
         self.params = params
@@ -430,6 +434,7 @@ class Cache:
         self.device = device or self.params.device
         self.compute, self.progress = compute, progress
         self.compile = compile
+        self.cuda_graph = cuda_graph
         self.group = group
         self.log = log if group is None or group.is_main else (lambda msg: None)
         self.computed: list[str] = []  # dirnames computed by this Cache object, in order

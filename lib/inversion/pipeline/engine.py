@@ -50,6 +50,7 @@ class Job:
     progress: bool = False
     threads: int = 0  # torch threads per task; 0 leaves the worker's default
     compile: bool = False  # torch.compile the PixelCNN++ training (Cache's compile)
+    cuda_graph: bool = False  # replay the PixelCNN++ training step as a CUDA graph (Cache's cuda_graph)
 
 
 @dataclass
@@ -89,7 +90,8 @@ def run_stage(job: Job, r: Ref, *upstream) -> tuple[str, bool]:
             device = f"cuda:{name % torch.cuda.device_count()}"
     if job.threads:
         torch.set_num_threads(job.threads)
-    cache = Cache(job.params, root=job.root, device=device, progress=job.progress, compile=job.compile)
+    cache = Cache(job.params, root=job.root, device=device, progress=job.progress, compile=job.compile,
+                  cuda_graph=job.cuda_graph)
     cache.result(r)
     return r.dirname, r.dirname in cache.computed
 

@@ -239,9 +239,12 @@ def _fit_pixelcnn(ctx: Context, dataset: str, x_tr, h_tr, valid, start=None) -> 
         model.start_from(start)
     what = getattr(c, "layer", "unconditional")
     res = train_pixelcnn(model, x_tr, h_tr, ctx.work, c, valid=valid, device=ctx.device, progress=ctx.progress,
-                         desc=f"pixelcnn {dataset}/{what}", data_init=start is None, compile=ctx.compile)
+                         desc=f"pixelcnn {dataset}/{what}", data_init=start is None, compile=ctx.compile,
+                         cuda_graph=ctx.cuda_graph)
     if ctx.compile:
         ctx.execution["compiled"] = True
+    if ctx.cuda_graph:
+        ctx.execution["cuda_graph"] = True
     torch.save(model.state_dict(), ctx.out / "model.pt")  # train_pixelcnn left the best weights in model
     (ctx.out / "model.json").write_text(json.dumps(model.config, indent=1))
     losses = [row["loss"] for row in res.history]
