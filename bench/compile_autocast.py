@@ -54,6 +54,16 @@ def start_model(params: str, warm_start_steps: int):
     return P, cache.result(refs[0], ("model.pt",))
 
 
+def random_context_data(start_res):
+    """(train images, their contexts, test images, theirs): the start's dataset, contexts relu(2 N(0, 1)) of
+    FC3's size drawn from seed 0."""
+    g = torch.Generator().manual_seed(0)
+    x_tr = load_split(start_res.config["dataset"], "train")[0][:N_TRAIN]
+    x_te = load_split(start_res.config["dataset"], "test")[0][:N_TEST]
+    return (x_tr, torch.relu(torch.randn(N_TRAIN, CONTEXT, generator=g) * 2), x_te,
+            torch.relu(torch.randn(N_TEST, CONTEXT, generator=g) * 2))
+
+
 def run(start_res, inv: dict, device: str, bf16: bool, compile: bool, steps: list[int], data) -> dict:
     x_tr, h_tr, x_te, h_te = data
     torch.manual_seed(0)
@@ -90,11 +100,7 @@ def main(argv=None) -> int:
         ap.error(f"--steps must increase and be >= 1, got {a.steps}")
     P, start_res = start_model(a.params, a.warm_start_steps)
     inv = dataclasses.asdict(P.section("architectures").inversion)
-    g = torch.Generator().manual_seed(0)
-    x_tr = load_split(start_res.config["dataset"], "train")[0][:N_TRAIN]
-    x_te = load_split(start_res.config["dataset"], "test")[0][:N_TEST]
-    data = (x_tr, torch.relu(torch.randn(N_TRAIN, CONTEXT, generator=g) * 2), x_te,
-            torch.relu(torch.randn(N_TEST, CONTEXT, generator=g) * 2))
+    data = random_context_data(start_res)
     modes = [(a.device, b, c) for b in (False, True) for c in (False, True)]
     if a.device == "cuda":
         modes.append(("cpu", False, False))  # the CPU reference on the same machine

@@ -33,11 +33,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 sys.path.insert(0, str(REPO / "bench"))
-from compile_autocast import CONTEXT, N_TEST, N_TRAIN, start_model  # noqa: E402
+from compile_autocast import CONTEXT, N_TEST, N_TRAIN, random_context_data, start_model  # noqa: E402
 from inversion.atomic import atomic_write_text  # noqa: E402
 from inversion.bounds import per_image_log_prob  # noqa: E402
 from inversion.models.pixelcnn import PixelCNNConfig, PixelCNNpp, train_pixelcnn  # noqa: E402
-from inversion.pipeline.common import load_inversion, load_split  # noqa: E402
+from inversion.pipeline.common import load_inversion  # noqa: E402
 from inversion.provenance import provenance  # noqa: E402
 
 
@@ -81,11 +81,7 @@ def main(argv=None) -> int:
         ap.error(f"--steps must increase and be >= 1, got {a.steps}")
     P, start_res = start_model(a.params, a.warm_start_steps)
     inv = dataclasses.asdict(P.section("architectures").inversion)
-    g = torch.Generator().manual_seed(0)
-    x_tr = load_split(start_res.config["dataset"], "train")[0][:N_TRAIN]
-    x_te = load_split(start_res.config["dataset"], "test")[0][:N_TEST]
-    data = (x_tr, torch.relu(torch.randn(N_TRAIN, CONTEXT, generator=g) * 2), x_te,
-            torch.relu(torch.randn(N_TEST, CONTEXT, generator=g) * 2))
+    data = random_context_data(start_res)
     precisions = [inv["bf16"]] + ([not inv["bf16"]] if a.fp32 else [])
     graphs = [False, True] if a.device == "cuda" else [False]
     rows = []

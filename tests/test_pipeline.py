@@ -175,6 +175,20 @@ def test_compiled_bf16_on_cuda_is_refused_before_any_stage_runs(tmp_path, capsys
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("result.json"))
 
 
+@pytest.mark.parametrize("device,extra,why", [("cpu", [], "needs a CUDA device"),
+                                               ("cuda", ["--compile"], "choose one")])
+def test_cuda_graphs_where_they_cannot_run_are_refused_before_any_stage_runs(tmp_path, capsys, device, extra, why):
+    """`run --cuda-graphs` on a CPU, or with --compile, exits 2 with the reason (inversion.training.check_cuda_graph)
+    before computing anything."""
+    argv = ["run", "--params", "smoke", "--only", "background", "--device", device, "--cache", str(tmp_path / "c"),
+            "--cuda-graphs", *extra]
+    with mock.patch("torch.cuda.is_available", return_value=True):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--cuda-graphs: " in err and why in err
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("result.json"))
+
+
 def test_failed_stage_leaves_no_result_and_resumes_from_its_work_dir(cache):
     r = ref(FLAKY, {"fail_until": 1})
     with pytest.raises(RuntimeError, match="killed"):

@@ -557,3 +557,32 @@ def test_dropout_masks_differ_between_calls_and_follow_the_seed():
     assert not torch.equal(a, b) and torch.equal(Dropout(0.5).train()(x), a)
     with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\)"):
         Dropout(1.0)
+
+
+@pytest.mark.parametrize("context_shape", [None, (5,)])
+def test_recorded_step_loss_is_the_checked_loss_without_its_checks(tmp_path, context_shape):
+    """Under cuda_graph, fit_density checks every training pair once, then hands fit the same loss without the
+    host-side checks (a recorded step cannot read values back): equal to the checked loss on any batch, exactly;
+    bad pixels are still refused, before training starts. The recording itself needs a GPU
+    (bench/cuda_graph_training.py); here fit is replaced to catch the loss it is given."""
+    from unittest import mock
+
+    from inversion.models import density_training
+    from inversion.training import TrainConfig
+
+    m = make_model("softmax", 1, context_shape, dtype=torch.float64)
+    x = torch.randint(0, 256, (6, 1, 7, 6))
+    h = None if context_shape is None else random_context(context_shape, 6)
+    losses = {}
+    for graph in (False, True):
+        with mock.patch.object(density_training, "fit") as fit:
+            density_training.fit_density(m, x, h, tmp_path, TrainConfig(steps=1, batch_size=3, lr=1e-3, cuda_graph=graph))
+        loss_fn = fit.call_args.args[1]
+        batch = [x[:3]] if h is None else [x[:3], h[:3]]
+        losses[graph] = loss_fn(m, batch)
+    assert torch.equal(losses[True], losses[False]) and losses[False].dtype == torch.float64
+    bad = x.clone()
+    bad[0, 0, 0, 0] = 256
+    with mock.patch.object(density_training, "fit") as fit, pytest.raises(ValueError):
+        density_training.fit_density(m, bad, h, tmp_path, TrainConfig(steps=1, batch_size=3, lr=1e-3, cuda_graph=True))
+    fit.assert_not_called()

@@ -7,7 +7,8 @@ from unittest import mock
 import pytest
 import torch
 
-from inversion.training import TrainConfig, batch_indices, check_compile, fit, load_weights, write_run_config
+from inversion.training import (TrainConfig, _keep_lr_tensors, batch_indices, check_compile, check_cuda_graph, fit,
+                                load_weights, write_run_config)
 
 X = torch.randn(500, 5, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0] > 0).long()
@@ -173,3 +174,47 @@ def test_bf16_on_a_cpu_without_avx512_warns_and_still_trains_in_bf16(tmp_path, f
     assert len(slow_warnings) == int(slow)
     assert all(call.kwargs.get("dtype") is torch.bfloat16 and call.kwargs.get("enabled") for call in autocast.call_args_list)
     assert autocast.call_count == 3
+
+
+@pytest.mark.parametrize("device,compile,distributed_run,why", [
+    ("cpu", False, False, "needs a CUDA device"),
+    ("cuda", True, False, "choose one"),
+    ("cuda", False, True, "torchrun"),
+    ("cuda", False, False, None)])
+def test_cuda_graph_is_refused_where_a_recorded_step_would_not_be_the_run_asked_for(tmp_path, device, compile,
+                                                                                   distributed_run, why):
+    """A recorded step needs CUDA, is a second way to run a step beside torch.compile, and is not measured under
+    torchrun: each refusal names its reason, and fit refuses before moving the model or writing anything."""
+    c = cfg(steps=3, eval_every=0, snapshot_steps=(), cuda_graph=True, compile=compile)
+    if why is None:
+        check_cuda_graph(torch.device(device), c, distributed_run)
+        return
+    with pytest.raises(ValueError, match=why):
+        check_cuda_graph(torch.device(device), c, distributed_run)
+    if device == "cpu":
+        m = model()
+        before = [p.clone() for p in m.parameters()]
+        with pytest.raises(ValueError, match=why):
+            fit(m, loss, [X, Y], c, tmp_path)
+        assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+        assert not (tmp_path / "state.pt").exists()
+    check_cuda_graph(torch.device(device), cfg(cuda_graph=False, compile=compile), distributed_run)  # off: no check
+
+
+def test_recorded_adam_keeps_reading_the_decayed_learning_rate():
+    """A recorded Adam step reads its learning rate from a tensor. Whatever the scheduler or load_state_dict put
+    in the group (a float, in some torch versions), the recorded tensor gets the value and goes back in the
+    group; the learning rate after k scheduler steps is lr * decay**k, as in an eager run."""
+    w = torch.nn.Parameter(torch.zeros(3))
+    lr = torch.tensor(1e-3)
+    opt = torch.optim.Adam([w], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    for k in range(1, 4):
+        opt.step()
+        sched.step()
+        _keep_lr_tensors(opt, [lr])
+        assert opt.param_groups[0]["lr"] is lr
+        assert lr.item() == pytest.approx(1e-3 * 0.5**k)
+    opt.param_groups[0]["lr"] = 2e-4  # as a float-holding state dict would leave it
+    _keep_lr_tensors(opt, [lr])
+    assert opt.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(2e-4)

@@ -427,7 +427,9 @@ def _eager_step(objective, opt, batch, cfg: TrainConfig, model, step: int, state
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
-    return loss
+    # detached: a loss kept with its autograd graph holds the accumulate-grad nodes of this step's stream,
+    # which the recorded backward of the next step would then have to synchronise with
+    return loss.detach()
 
 
 def _record_step(objective, opt, batch, cfg: TrainConfig) -> _RecordedStep:
