@@ -14,6 +14,8 @@
 #   mkdir -p .gpu && xz -T2 -c data/affnist/affnist-v1-b4096dc0c188cfd4.npz > .gpu/affnist.npz.xz
 # Run at a committed, clean tree (device `run`, carry [".gpu/affnist.npz.xz"], timeout_s 590):
 #   set -o pipefail; INVERSION_COMMIT=<git rev-parse HEAD> bash tools/gpu_fc_lineage.sh 2>&1 | tee $OUT/log.txt
+# Checked on a CPU with DRYRUN=1 OUT=/tmp/x (all but the training: the switched plan then lists exactly the seven
+# FC stages below as missing and the other 16 as cached).
 # It stops its training at DEADLINE seconds (default 530) and always returns what it has: the finished stages and
 # the .work folders of unfinished ones (resumable: a second call recomputes the classifier, whose bytes must match
 # and are checked against the .work folder's opened.json), as $OUT/stages.tgz.part*. Back here:
@@ -56,8 +58,9 @@ missing = [d for d in sys.argv[1:] if d not in names]
 sys.exit(f"not in the switched plan (params changed? update FC): {missing}" if missing else 0)
 EOF
 touch $RUN/start
-python3 -m inversion.pipeline run --params $RUN/quick.yaml --only architectures --cuda-graphs --progress \
-  > $RUN/log/pipeline.txt 2>&1 &
+# DRYRUN=1 (on a CPU, to check this script): everything but the training, which becomes a listing
+if [ -n "${DRYRUN:-}" ]; then WHAT=list; else WHAT="run --cuda-graphs --progress"; fi
+python3 -m inversion.pipeline $WHAT --params $RUN/quick.yaml --only architectures > $RUN/log/pipeline.txt 2>&1 &
 PID=$!
 while kill -0 $PID 2>/dev/null; do
   sleep 15
