@@ -20,6 +20,7 @@
 # the .work folders of unfinished ones (resumable: a second call recomputes the classifier, whose bytes must match
 # and are checked against the .work folder's opened.json), as $OUT/stages.tgz.part*. Back here:
 #   cat <files_at>/stages.tgz.part* | tar xz -C /tmp/fc-lineage   # then move the stage folders into cache/quick
+# To resume unfinished models in a later call: cat <files_at>/stages.tgz.part* > .gpu/resume.tgz and carry it too.
 set -u
 T0=$SECONDS
 DEADLINE=${DEADLINE:-530}
@@ -47,6 +48,9 @@ FC="classifier-8f0e17b5985b warm_inversion-e2ea6981851f nce-958d917195ef warm_in
 if [ ! -d $RUN/cache/quick ]; then  # the committed stages, less the FC lineage (another machine's classifier)
   mkdir -p $RUN/cache && cp -r cache/quick $RUN/cache/quick
   for d in $FC; do rm -rf $RUN/cache/quick/$d $RUN/cache/quick/$d.work; done
+  if [ -f .gpu/resume.tgz ]; then  # an earlier call's return, carried back: resume its unfinished models
+    tar xzf .gpu/resume.tgz -C $RUN/cache/quick --wildcards '*.work/*' && echo "resuming: $(ls -d $RUN/cache/quick/*.work)"
+  fi
 fi
 python3 - $FC <<'EOF' || exit 1
 import sys
