@@ -381,6 +381,12 @@ def fit(
         sched.step()
         if cfg.cuda_graph:
             _keep_lr_tensors(opt, lr_tensors)
+            # the recorded Adam reads this tensor: it must hold the schedule's value (torch 2.4.0a0 compounded
+            # the decay of tensor learning rates, pytorch#126854)
+            if not math.isclose(lr_tensors[0].item(), cfg.lr * cfg.lr_decay**sched.last_epoch, rel_tol=1e-5):
+                raise RuntimeError(f"cuda_graph: the learning rate tensor holds {lr_tensors[0].item():.6g} after "
+                                   f"{sched.last_epoch} updates, not {cfg.lr * cfg.lr_decay**sched.last_epoch:.6g}; "
+                                   "this torch's scheduler does not keep tensor learning rates: train without cuda_graph")
         state["step"] = step + 1
         last_loss = loss.item()
         bar.update(1)
