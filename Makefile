@@ -9,9 +9,15 @@ WORKERS ?= 0
 # COMPILE=1: compute the book's stages first with their PixelCNN++ training under torch.compile (the same
 # stages; ~1.65-1.8x faster steps on 2 cores after minutes of compiling, so it pays for long models only).
 COMPILE ?= 0
-# pytest-level parallelism is not worth it on 2 cores; torch uses both (measured 2026-12-03 on a fresh clone at
-# a348c7e: pytest-xdist 3.8.0 `-n 2 --dist loadfile` took 1113 s against 1010 s one after another).
+# The suite runs on TEST_WORKERS pytest-xdist workers (whole files each: module fixtures are computed once), each
+# with one torch thread (OMP_NUM_THREADS=1), so two workers fill 2 cores instead of oversubscribing them. Measured
+# on fresh clones, AMD EPYC family 23, 2 cores: 747 s against 1009 s one file after another with torch's 2
+# threads (2026-12-04, fe72a14, back to back); with 2 threads per worker xdist had been slower (2026-12-03,
+# a348c7e: 1113 s against 1010 s). TEST_WORKERS=0: one process, torch's default threads.
+TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+TEST_ENV := $(if $(filter-out 0,$(TEST_WORKERS)),OMP_NUM_THREADS=1,)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER_DIR := tests/browser
 
@@ -45,7 +51,7 @@ vendor: venv
 	$(PY) tools/vendor.py book/assets
 
 test: venv data browser-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # Execute every chapter with papermill and params/$(PARAMS).yaml into book/, then build book/_build/html
 # (warnings are errors; the built pages are checked for remote scripts/styles). PARAMS=smoke|quick|paper.
