@@ -25,9 +25,6 @@ def fit_density(model, images, contexts, workdir, loop: TrainConfig, *, valid=No
     conditional = contexts is not None
     data = [images, contexts] if conditional else [images]
 
-    def loss_fn(m, batch):
-        return -m.log_prob(batch[0], batch[1] if conditional else None).mean()
-
     if loop.cuda_graph:
         # log_prob checks every batch's values on the host, which a recorded step cannot do: check all the
         # training pairs once here, then record the same loss without the checks.
@@ -37,9 +34,12 @@ def fit_density(model, images, contexts, workdir, loop: TrainConfig, *, valid=No
         model.check_images(images)
         model.check_context(contexts, len(images))
 
-        def loss_fn(m, batch):  # noqa: F811 (the checked loss, minus its checks)
+        def loss_fn(m, batch):
             context = m.on_device(batch[1]) if conditional else None
             return -m.sub_pixel_log_prob(batch[0], context).sum(dim=(1, 2, 3)).mean()
+    else:
+        def loss_fn(m, batch):
+            return -m.log_prob(batch[0], batch[1] if conditional else None).mean()
 
     def on_start(m, batch):
         m.data_init(batch[0], batch[1] if conditional else None)
