@@ -54,6 +54,45 @@ def start_model(params: str, warm_start_steps: int):
     return P, cache.result(refs[0], ("model.pt",))
 
 
+def bench_parser(doc: str, default_steps: list[int]) -> argparse.ArgumentParser:
+    """The options of the benches that train the §5.2 warm start a few updates (this one, cuda_graph_training)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--params", default="quick")
+    ap.add_argument("--steps", type=int, nargs="+", default=default_steps)
+    ap.add_argument("--warm-start-steps", type=int, default=6000, help="which p(x) of the set to start from")
+    ap.add_argument("--tag", default="")
+    return ap
+
+
+def setup(ap: argparse.ArgumentParser, argv=None):
+    """Parse and check ``bench_parser``'s options; (options, the p(x) stage, the set's §5.2 inversion settings,
+    the random-context data)."""
+    a = ap.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no GPU here; use --device cpu")
+    if a.steps != sorted(set(a.steps)) or a.steps[0] < 1:
+        ap.error(f"--steps must increase and be >= 1, got {a.steps}")
+    P, start_res = start_model(a.params, a.warm_start_steps)
+    inv = dataclasses.asdict(P.section("architectures").inversion)
+    return a, start_res, inv, random_context_data(start_res)
+
+
+def warm_started(start_res, inv: dict, device: str, image_shape):
+    """(the p(x) model, the architecture settings, a conditional model started from it: exactly p(x) at step 0)."""
+    torch.manual_seed(0)
+    start = load_inversion(start_res, device)
+    arch = {k: inv[k] for k in PixelCNNConfig.ARCHITECTURE if k in inv}
+    model = PixelCNNpp.from_config(tuple(image_shape), (CONTEXT,), PixelCNNConfig(**arch)).start_from(start)
+    return start, arch, model
+
+
+def segment_config(arch: dict, inv: dict, steps: int, bf16: bool) -> PixelCNNConfig:
+    """The set's §5.2 training settings, run to ``steps`` updates in all (a resumed work folder continues)."""
+    return PixelCNNConfig(**arch, steps=steps, batch_size=inv["batch_size"], lr=inv["lr"], lr_decay=inv["lr_decay"],
+                          bf16=bf16, eval_every=0)
+
+
 def random_context_data(start_res):
     """(train images, their contexts, test images, theirs): the start's dataset, contexts relu(2 N(0, 1)) of
     FC3's size drawn from seed 0."""
@@ -66,19 +105,14 @@ def random_context_data(start_res):
 
 def run(start_res, inv: dict, device: str, bf16: bool, compile: bool, steps: list[int], data) -> dict:
     x_tr, h_tr, x_te, h_te = data
-    torch.manual_seed(0)
-    start = load_inversion(start_res, device)
+    start, arch, model = warm_started(start_res, inv, device, x_te.shape[1:])
     nll = lambda m, h: -per_image_log_prob(m, x_te, h, batch_size=N_TEST, device=device, progress=False).mean().item()  # noqa: E731
-    arch = {k: inv[k] for k in PixelCNNConfig.ARCHITECTURE if k in inv}
-    model = PixelCNNpp.from_config(tuple(x_te.shape[1:]), (CONTEXT,), PixelCNNConfig(**arch)).start_from(start)
     row = dict(device=device, bf16=bf16, compile=compile, start_nll=nll(start, None), nll={})
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as work, mock.patch("inversion.training.check_compile"):
         row["nll"][0] = nll(model, h_te)
         for s in steps:
-            cfg = PixelCNNConfig(**arch, steps=s, batch_size=inv["batch_size"], lr=inv["lr"],
-                                 lr_decay=inv["lr_decay"], bf16=bf16, eval_every=0)
-            train_pixelcnn(model, x_tr, h_tr, work, cfg, device=device, progress=False, data_init=False,
+            train_pixelcnn(model, x_tr, h_tr, work, segment_config(arch, inv, s, bf16), device=device, progress=False, data_init=False,
                            compile=compile)  # resumes the same work folder: steps are cumulative
             row["nll"][s] = nll(model, h_te)
     row["seconds"] = time.perf_counter() - t0
@@ -87,20 +121,7 @@ def run(start_res, inv: dict, device: str, bf16: bool, compile: bool, steps: lis
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--params", default="quick")
-    ap.add_argument("--steps", type=int, nargs="+", default=[5, 40])
-    ap.add_argument("--warm-start-steps", type=int, default=6000, help="which p(x) of the set to start from")
-    ap.add_argument("--tag", default="")
-    a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: torch sees no GPU here; use --device cpu")
-    if a.steps != sorted(set(a.steps)) or a.steps[0] < 1:
-        ap.error(f"--steps must increase and be >= 1, got {a.steps}")
-    P, start_res = start_model(a.params, a.warm_start_steps)
-    inv = dataclasses.asdict(P.section("architectures").inversion)
-    data = random_context_data(start_res)
+    a, start_res, inv, data = setup(bench_parser(__doc__, [5, 40]), argv)
     modes = [(a.device, b, c) for b in (False, True) for c in (False, True)]
     if a.device == "cuda":
         modes.append(("cpu", False, False))  # the CPU reference on the same machine

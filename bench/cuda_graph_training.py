@@ -20,8 +20,6 @@ bench/results/cuda_graph_training-<device><tag>.{json,md}, atomically.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -33,26 +31,21 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 sys.path.insert(0, str(REPO / "bench"))
-from compile_autocast import CONTEXT, N_TEST, N_TRAIN, random_context_data, start_model  # noqa: E402
+from compile_autocast import N_TEST, N_TRAIN, bench_parser, segment_config, setup, warm_started  # noqa: E402
 from inversion.atomic import atomic_write_text  # noqa: E402
 from inversion.bounds import per_image_log_prob  # noqa: E402
-from inversion.models.pixelcnn import PixelCNNConfig, PixelCNNpp, train_pixelcnn  # noqa: E402
-from inversion.pipeline.common import load_inversion  # noqa: E402
+from inversion.models.pixelcnn import train_pixelcnn  # noqa: E402
 from inversion.provenance import provenance  # noqa: E402
 
 
 def run(start_res, inv: dict, device: str, bf16: bool, cuda_graph: bool, steps: list[int], data) -> dict:
     x_tr, h_tr, x_te, h_te = data
-    torch.manual_seed(0)
-    start = load_inversion(start_res, device)
+    _, arch, model = warm_started(start_res, inv, device, x_te.shape[1:])
     nll = lambda m: -per_image_log_prob(m, x_te, h_te, batch_size=N_TEST, device=device, progress=False).mean().item()  # noqa: E731
-    arch = {k: inv[k] for k in PixelCNNConfig.ARCHITECTURE if k in inv}
-    model = PixelCNNpp.from_config(tuple(x_te.shape[1:]), (CONTEXT,), PixelCNNConfig(**arch)).start_from(start)
     row = dict(device=device, bf16=bf16, cuda_graph=cuda_graph, nll={0: nll(model)}, seconds={})
     with tempfile.TemporaryDirectory() as work:
         for s in steps:
-            cfg = PixelCNNConfig(**arch, steps=s, batch_size=inv["batch_size"], lr=inv["lr"],
-                                 lr_decay=inv["lr_decay"], bf16=bf16, eval_every=0)
+            cfg = segment_config(arch, inv, s, bf16)
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -67,21 +60,9 @@ def run(start_res, inv: dict, device: str, bf16: bool, cuda_graph: bool, steps: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--params", default="quick")
-    ap.add_argument("--steps", type=int, nargs="+", default=[10, 310])
-    ap.add_argument("--warm-start-steps", type=int, default=6000, help="which p(x) of the set to start from")
+    ap = bench_parser(__doc__, [10, 310])
     ap.add_argument("--fp32", action="store_true", help="also the fp32 rows (the set's models train in bf16)")
-    ap.add_argument("--tag", default="")
-    a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: torch sees no GPU here; use --device cpu")
-    if a.steps != sorted(set(a.steps)) or a.steps[0] < 1:
-        ap.error(f"--steps must increase and be >= 1, got {a.steps}")
-    P, start_res = start_model(a.params, a.warm_start_steps)
-    inv = dataclasses.asdict(P.section("architectures").inversion)
-    data = random_context_data(start_res)
+    a, start_res, inv, data = setup(ap, argv)
     precisions = [inv["bf16"]] + ([not inv["bf16"]] if a.fp32 else [])
     graphs = [False, True] if a.device == "cuda" else [False]
     rows = []
