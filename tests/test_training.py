@@ -187,10 +187,10 @@ def test_cuda_graph_is_refused_where_a_recorded_step_would_not_be_the_run_asked_
     torchrun: each refusal names its reason, and fit refuses before moving the model or writing anything."""
     c = cfg(steps=3, eval_every=0, snapshot_steps=(), cuda_graph=True, compile=compile)
     if why is None:
-        check_cuda_graph(torch.device(device), c, distributed_run)
+        check_cuda_graph(torch.device(device), True, compile, distributed_run)
         return
     with pytest.raises(ValueError, match=why):
-        check_cuda_graph(torch.device(device), c, distributed_run)
+        check_cuda_graph(torch.device(device), True, compile, distributed_run)
     if device == "cpu":
         m = model()
         before = [p.clone() for p in m.parameters()]
@@ -198,7 +198,7 @@ def test_cuda_graph_is_refused_where_a_recorded_step_would_not_be_the_run_asked_
             fit(m, loss, [X, Y], c, tmp_path)
         assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
         assert not (tmp_path / "state.pt").exists()
-    check_cuda_graph(torch.device(device), cfg(cuda_graph=False, compile=compile), distributed_run)  # off: no check
+    check_cuda_graph(torch.device(device), False, compile, distributed_run)  # off: no check
 
 
 def test_recorded_adam_keeps_reading_the_decayed_learning_rate():

@@ -195,14 +195,14 @@ def check_compile(device: torch.device, bf16: bool, compile: bool) -> None:
 GRAPH_WARMUP_STEPS = 3
 
 
-def check_cuda_graph(device: torch.device, cfg: TrainConfig, distributed_run: bool = False) -> None:
-    """Refuse ``cfg.cuda_graph`` where a recorded step cannot be the run that was asked for, with the reason."""
-    if not cfg.cuda_graph:
+def check_cuda_graph(device: torch.device, cuda_graph: bool, compile: bool, distributed_run: bool = False) -> None:
+    """Refuse ``cuda_graph`` where a recorded step cannot be the run that was asked for, with the reason."""
+    if not cuda_graph:
         return
     if torch.device(device).type != "cuda":
         raise ValueError(f"cuda_graph records the training step as a CUDA graph and needs a CUDA device, got "
                          f"{device}; leave it off on a CPU.")
-    if cfg.compile:
+    if compile:
         raise ValueError("cuda_graph and compile are two ways to run a step: choose one (torch.compile with bf16 "
                          "is refused on CUDA anyway, see check_compile).")
     if distributed_run:
@@ -278,7 +278,7 @@ def fit(
     workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     check_compile(device, cfg.bf16, cfg.compile)
-    check_cuda_graph(device, cfg, distributed_run=group is not None)
+    check_cuda_graph(device, cfg.cuda_graph, cfg.compile, distributed_run=group is not None)
     model.to(device)
     if cfg.cuda_graph:  # a recorded Adam step keeps its state and learning rate on the GPU
         lr_tensors = [torch.tensor(cfg.lr, dtype=torch.float32, device=device)]

@@ -33,7 +33,7 @@ from inversion.pipeline.cache import CACHE_ENV, Cache, iter_refs, pack, unpack
 from inversion.pipeline.engine import Job, StageFailed, connect, run_parallel
 from inversion.pipeline.plans import STAGES, available, load_params, plan, plan_costs
 from inversion.pipeline.schema import ConfigError
-from inversion.training import TrainConfig, check_compile, check_cuda_graph
+from inversion.training import check_compile, check_cuda_graph
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -171,9 +171,8 @@ def _run(args) -> int:
 
 def _check_cuda_graphs(args, cache: Cache) -> None:
     """``--cuda-graphs`` where it cannot run is refused before any stage runs (``check_cuda_graph`` says why)."""
-    cfg = TrainConfig(steps=0, batch_size=1, lr=0.0, compile=args.compile, cuda_graph=True)
     try:
-        check_cuda_graph(torch.device(cache.device), cfg, distributed_run=cache.group is not None)
+        check_cuda_graph(torch.device(cache.device), True, args.compile, distributed_run=cache.group is not None)
     except ValueError as e:
         raise ConfigError(f"--cuda-graphs: {e}") from None
 
