@@ -24,7 +24,10 @@ from inversion.training import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTABLE = (".json", ".npz", ".npy")
-MAX_CHECKPOINT_BYTES = 4 << 20  # a shared start (a p(x), a classifier of the quick set), not a paper-size model
+MAX_CHECKPOINT_BYTES = 4 << 20
+# The cache roots whose results are committed: the quick and paper sets', and the stages of a change to the quick
+# plan that takes several sessions to compute (cache/next/README.md), held to the same rules
+CACHE_ROOTS = ["quick", "paper", "next/quick"]  # a shared start (a p(x), a classifier of the quick set), not a paper-size model
 
 
 def tracked(folder: str) -> list[str]:
@@ -34,11 +37,11 @@ def tracked(folder: str) -> list[str]:
     return [str(p.relative_to(REPO)) for p in committed_files(str(REPO / folder))]
 
 
-@pytest.mark.parametrize("param_set", ["quick", "paper"])
-def test_each_committed_result_is_whole_and_says_where_it_came_from(param_set):
-    files = {f for f in tracked(f"cache/{param_set}") if not Path(f).parent.name.endswith(".work")}
+@pytest.mark.parametrize("root", CACHE_ROOTS)
+def test_each_committed_result_is_whole_and_says_where_it_came_from(root):
+    files = {f for f in tracked(f"cache/{root}") if not Path(f).parent.name.endswith(".work")}
     results = sorted(name for name in files if name.endswith("/result.json"))
-    if param_set == "quick":
+    if root == "quick":
         assert results, "cache/quick/ has no committed results (README: Committed results)"
     odd = [f for f in files if not f.endswith(COMMITTABLE) and not f.endswith(".pt")]
     assert not odd, f"only result.json, small npz/npy/json files and shared-start checkpoints: {odd[:3]}"
@@ -50,7 +53,7 @@ def test_each_committed_result_is_whole_and_says_where_it_came_from(param_set):
         assert folder.name == f"{r['stage']}-{r['key']}", name
         p = r["provenance"]
         assert re.fullmatch(r"[0-9a-f]{40}", p["commit"]) and p["dirty"] is False, f"{name}: computed at a clean commit"
-        assert p["param_set"] == param_set and p["device"] and p["date"] and p["wall_s"] >= 0, name
+        assert p["param_set"] == Path(root).name and p["device"] and p["date"] and p["wall_s"] >= 0, name
         for listed in r.get("files", {}):
             if listed.endswith((".npz", ".npy")):
                 assert str(folder / listed) in files, f"{name} lists {listed}, which is not committed"
@@ -62,15 +65,15 @@ def test_each_committed_result_is_whole_and_says_where_it_came_from(param_set):
         assert (REPO / name).stat().st_size <= MAX_CHECKPOINT_BYTES, f"{name}: a large checkpoint, not a start"
 
 
-@pytest.mark.parametrize("param_set", ["quick", "paper"])
-def test_a_committed_training_in_progress_is_resumable_and_not_yet_done(param_set):
+@pytest.mark.parametrize("root", CACHE_ROOTS)
+def test_a_committed_training_in_progress_is_resumable_and_not_yet_done(root):
     """A stage longer than a session may be committed half-trained: its work folder (``<stage>-<key>.work/``:
     the run's config.json and the resumable state.pt of ``inversion.training.fit``, and the cache's
     sessions.json and opened.json: the processes that trained it so far and the dependency bytes it started
     from), so the next session
     resumes it with the same command (README "Committed results"). Once the stage is done and committed,
     its work folder must go (the cache deletes it; `git rm -r` it)."""
-    files = set(tracked(f"cache/{param_set}"))
+    files = set(tracked(f"cache/{root}"))
     folders = sorted({Path(f).parent for f in files if Path(f).parent.name.endswith(".work")})
     for folder in folders:
         inside = sorted(Path(f).name for f in files if Path(f).parent == folder)
@@ -97,13 +100,13 @@ def test_the_committed_quick_results_cover_the_quick_plan():
                          "checkpoints out)")
 
 
-@pytest.mark.parametrize("param_set", ["quick", "paper"])
-def test_committed_results_were_computed_from_the_committed_starts(param_set):
+@pytest.mark.parametrize("root", CACHE_ROOTS)
+def test_committed_results_were_computed_from_the_committed_starts(root):
     """A committed result that opened a dependency's checkpoint which is itself committed (a shared start:
     README "Committed results") opened exactly those bytes. So models fine-tuned in different sessions, on
     different machines, from one committed p(x) and classifier can be shown to share them."""
-    files = set(tracked(f"cache/{param_set}"))
-    checkpoints = {f[len(f"cache/{param_set}/"):]: file_sha256(REPO / f) for f in files if f.endswith(".pt")}
+    files = set(tracked(f"cache/{root}"))
+    checkpoints = {f[len(f"cache/{root}/"):]: file_sha256(REPO / f) for f in files if f.endswith(".pt")}
     for name in sorted(f for f in files if f.endswith("/result.json")):
         opened = json.loads((REPO / name).read_text()).get("opened", {})
         for path, sha in opened.items():
@@ -113,8 +116,8 @@ def test_committed_results_were_computed_from_the_committed_starts(param_set):
                     f"{checkpoints[path][:16]}...): recompute it from the committed start")
 
 
-@pytest.mark.parametrize("param_set", ["quick", "paper"])
-def test_committed_results_and_trainings_in_progress_share_one_lineage_per_stage(param_set):
+@pytest.mark.parametrize("root", CACHE_ROOTS)
+def test_committed_results_and_trainings_in_progress_share_one_lineage_per_stage(root):
     """A committed stage folder holds one run of its stage, so everything committed that opened one of its
     checkpoints (a finished result's ``opened``, a half-trained ``.work``'s opened.json) opened the bytes its
     committed result.json describes (``checksums``), whether or not the checkpoint itself is committed.
@@ -124,7 +127,7 @@ def test_committed_results_and_trainings_in_progress_share_one_lineage_per_stage
     run's classifier result, would pair seeds that were conditioned on different classifiers while the record
     names one: this fails instead, and the model must wait for the committed lineage's bytes (its CPU) or be
     committed with its own classifier result and every model of the other lineage recomputed."""
-    files = set(tracked(f"cache/{param_set}"))
+    files = set(tracked(f"cache/{root}"))
     results = {f: json.loads((REPO / f).read_text()) for f in files if f.endswith("/result.json")}
     openers = {f: r.get("opened", {}) for f, r in results.items()}
     openers.update({f: json.loads((REPO / f).read_text()) for f in files
@@ -142,5 +145,5 @@ def test_committed_results_and_trainings_in_progress_share_one_lineage_per_stage
                 f"{str(recorded)[:16]}...: two runs of {folder} are committed as one. Recompute {name} from the "
                 f"committed lineage (on the CPU that produced it), or recompute that lineage")
             checked += 1
-    if param_set == "quick":
+    if root == "quick":
         assert checked > 0, "no committed quick result records the checkpoints it opened"
