@@ -1,4 +1,5 @@
-"""The results that come with the repository (cache/quick/ and cache/paper/; README "Committed results").
+"""The results that come with the repository (cache/quick/, cache/paper/ and a plan switch under way in
+cache/next/quick/; README "Committed results").
 
 Each committed result is a whole stage result: its result.json names its stage, key and provenance (a clean
 commit, a device, a date, its parameter set), and every small file it lists is committed beside it. A
@@ -24,10 +25,10 @@ from inversion.training import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTABLE = (".json", ".npz", ".npy")
-MAX_CHECKPOINT_BYTES = 4 << 20
+MAX_CHECKPOINT_BYTES = 4 << 20  # a shared start (a p(x), a classifier of the quick set), not a paper-size model
 # The cache roots whose results are committed: the quick and paper sets', and the stages of a change to the quick
 # plan that takes several sessions to compute (cache/next/README.md), held to the same rules
-CACHE_ROOTS = ["quick", "paper", "next/quick"]  # a shared start (a p(x), a classifier of the quick set), not a paper-size model
+CACHE_ROOTS = ["quick", "paper", "next/quick"]
 
 
 def tracked(folder: str) -> list[str]:
