@@ -459,6 +459,25 @@ def test_plan_costs_count_each_stage_once_in_the_first_part_that_needs_it(cache)
     assert costs["layers:mnist", "_test_producer"].seconds == 0.0
 
 
+def test_plan_costs_count_a_resumed_training_by_its_training_time_over_all_sessions(cache):
+    import time as _time
+
+    @dataclass(frozen=True)
+    class ResumedConfig:
+        seconds: float = 1000.0
+
+    @stage("_test_resumed", "1", ResumedConfig)
+    def resumed(ctx):  # as a model whose earlier sessions trained it, the checkpoint carrying their time
+        _time.sleep(0.05)
+        return {"train_seconds": ctx.config.seconds}
+
+    r, short = ref(resumed, {}), ref(resumed, {"seconds": 0.01})
+    assert cache.result(r).provenance["wall_s"] < 1.0
+    costs = plans.plan_costs({"background": {"r": r}}, cache)
+    assert [c.seconds for c in costs] == [1000.0]
+    # when the training time is the smaller (this run did it all, plus start-up), the wall time counts
+    assert plans.stage_seconds(cache.result(short)) == cache.result(short).provenance["wall_s"] >= 0.05
+
 @pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
 def test_architectures_and_dynamics_plans(name):
     P = pipeline.load_params(name)

@@ -21,7 +21,7 @@ from inversion.pipeline.schema import ConfigError, closest
 __all__ = ["STAGES", "SECTIONS", "load_params", "plan", "selectors", "available", "layers_datasets",
            "DatasetAvailability", "background_results", "layers_results", "architectures_results",
            "dynamics_results", "estimators_results", "inverters_results", "inverter_datasets", "StageCost",
-           "plan_costs"]
+           "plan_costs", "stage_seconds"]
 
 STAGES: dict[str, Stage] = {s.name: s for s in (*background.STAGES, *layers.STAGES, *dynamics.STAGES,
                                                  *estimators.STAGES, *inverters.STAGES)}
@@ -132,7 +132,20 @@ class StageCost:
     stage: str
     n: int  # stages of this kind the part needs and no earlier part did
     cached: int  # of which have a result in the cache
-    seconds: float  # the cached ones' own wall time, from their provenance (dependencies not included)
+    seconds: float  # the cached ones' own time, from their records (``stage_seconds``; dependencies not included)
+
+
+def stage_seconds(result) -> float:
+    """What one cached stage cost: its wall time, or, for a training resumed over several sessions, its
+    training time summed over them when that is larger.
+
+    ``provenance.wall_s`` times the run that wrote the result, so a model trained over three sessions shows
+    only the last one's minutes (a 16,000-step §5.2 model: 100 of its 211). Its training loop adds up
+    ``metrics.train_seconds`` across sessions (the checkpoint carries it), which leaves out only each earlier
+    session's start-up (compile, data)."""
+    wall = float(result.provenance.get("wall_s") or 0.0)
+    trained = result.metrics.get("train_seconds") if isinstance(result.metrics, Mapping) else None
+    return max(wall, float(trained)) if isinstance(trained, (int, float)) else wall
 
 
 def plan_costs(the_plan: Mapping, cache: Cache) -> list[StageCost]:
@@ -140,8 +153,8 @@ def plan_costs(the_plan: Mapping, cache: Cache) -> list[StageCost]:
 
     A stage two parts need is counted once, in the first part in the plan's (the book's) order, so the
     parts add up to the whole plan. Missing stages are counted but cost nothing here: ``cached < n`` says
-    the sum is incomplete. Read the times as the machine's at the time each stage ran: a stage computed
-    while other work shared the cores counts as slow as it was."""
+    the sum is incomplete. Each stage counts its ``stage_seconds``. Read the times as the machine's at the
+    time each stage ran: a stage computed while other work shared the cores counts as slow as it was."""
     parts = []
     for section, sub in the_plan.items():
         if section in ("layers", "inverters"):  # nested by dataset
@@ -159,7 +172,7 @@ def plan_costs(the_plan: Mapping, cache: Cache) -> list[StageCost]:
             k[0] += 1
             if cache.has(r):
                 k[1] += 1
-                k[2] += float(cache.result(r).provenance.get("wall_s") or 0.0)
+                k[2] += stage_seconds(cache.result(r))
         out += [StageCost(part, name, n, cached, seconds) for name, (n, cached, seconds) in kinds.items()]
     return out
 
