@@ -353,9 +353,15 @@ def test_sets_differ_and_overrides_apply():
     assert changed["layers"]["fc3"]["decoder"].key == base["layers"]["fc3"]["decoder"].key
     assert changed["layers"]["fc3"]["inversion"].key != base["layers"]["fc3"]["inversion"].key
     assert changed["layers"]["fc3"]["samples"].key != base["layers"]["fc3"]["samples"].key
-    # a per_dataset entry wins over the section's value, overridden or not (quick trains MNIST's models longer)
-    shorter = pipeline.load_params("quick", {"layers": {"inversion": {"steps": 351}}})
-    assert layers_plan(shorter, "mnist")["layers"]["fc3"]["inversion"].key == base["layers"]["fc3"]["inversion"].key
+    # a per_dataset entry wins over the section's value, overridden or not (quick trains Fashion-MNIST's
+    # models in fp32, MNIST's in bf16)
+    fm = layers_plan(quick, "fashion_mnist")["layers"]["fc3"]["inversion"]
+    assert fm.config["bf16"] is False and base["layers"]["fc3"]["inversion"].config["bf16"] is True
+    fp32 = pipeline.load_params("quick", {"layers": {"inversion": {"bf16": False}}})
+    assert layers_plan(fp32, "fashion_mnist")["layers"]["fc3"]["inversion"].key == fm.key
+    assert layers_plan(fp32, "mnist")["layers"]["fc3"]["inversion"].config["bf16"] is False
+    shorter = pipeline.load_params("quick", {"layers": {"inversion": {"steps": 351, "bf16": True}}})
+    assert layers_plan(shorter, "fashion_mnist")["layers"]["fc3"]["inversion"].config["bf16"] is False
     assert layers_plan(shorter, "fashion_mnist")["layers"]["fc3"]["inversion"].config["steps"] == 351
 
 
