@@ -18,7 +18,10 @@ half-written result, and the retried task resumes training from the stage's ``.w
 
 A local cluster gets ``workers`` single-threaded processes on CPU, each running torch with
 ``threads`` threads (default: the cores divided among the workers); on CUDA one worker per GPU, each stage
-asking for one. Workers have no memory limit (a model's training is not spilled or killed by Dask).
+asking for one. Workers have no memory limit (a model's training is not spilled or killed by Dask), and
+they start without the ``MALLOC_TRIM_THRESHOLD_`` that Dask's nanny gives a worker by default
+(``WORKER_MALLOC_ENV``): with it a PyTorch training step on CPU took 2.6x as long in a worker as in a plain
+process (bench/results/dask_worker_step.md).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -35,7 +39,24 @@ from inversion.pipeline.cache import Cache, Ref
 from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError
 
-__all__ = ["Job", "RunReport", "StageFailed", "run_parallel", "connect", "run_stage"]
+__all__ = ["Job", "RunReport", "StageFailed", "run_parallel", "connect", "run_stage", "nanny_environ",
+           "WORKER_MALLOC_ENV"]
+
+# Dask's nanny sets this in every worker it spawns (``distributed.nanny.pre-spawn-environ``), so that glibc
+# hands freed memory back to the OS at once. PyTorch's CPU ops free and allocate large buffers every step, so
+# each step then pays for fresh pages: a §5.1 training step took 1002 ms with it against 382 ms without
+# (one thread, AMD EPYC family 25; bench/dask_worker_step.py). The engine's workers start without it.
+WORKER_MALLOC_ENV = "MALLOC_TRIM_THRESHOLD_"
+
+
+def nanny_environ() -> dict:
+    """The environment a nanny gives the worker it spawns: Dask's default (one thread per BLAS library)
+    less ``WORKER_MALLOC_ENV``. For workers started by hand or by a batch system, export it as
+    ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON`` (tools/slurm_workers.py does)."""
+    import dask
+
+    return {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+            if k != WORKER_MALLOC_ENV}
 
 CONNECT_TIMEOUT_S = 10
 
@@ -109,7 +130,8 @@ def connect(scheduler: str, device: str, workers: int, threads: int):
     import dask
     from distributed import Client, LocalCluster
 
-    dask.config.set({"distributed.worker.daemon": False})  # a stage may start its own processes
+    dask.config.set({"distributed.worker.daemon": False,  # a stage may start its own processes
+                     "distributed.nanny.pre-spawn-environ": nanny_environ()})
     want_gpu = torch.device(device).type == "cuda"
     if scheduler:
         try:
@@ -120,6 +142,12 @@ def connect(scheduler: str, device: str, workers: int, threads: int):
                               "one with `dask scheduler` (it prints its address) and workers with `dask worker "
                               "ADDRESS`, or leave out --scheduler to start a local cluster (--workers N)") from None
         n = len(client.scheduler_info()["workers"])
+        slow = [w for w, v in client.run(os.environ.get, WORKER_MALLOC_ENV).items() if v is not None]
+        if slow:
+            warnings.warn(f"{len(slow)} of the {n} workers of {scheduler} run with {WORKER_MALLOC_ENV} set (Dask's "
+                          "nanny default), which made CPU training steps 2.6x slower (bench/results/"
+                          "dask_worker_step.md): start them with DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
+                          f"'{nanny_environ()}' in their environment", stacklevel=2)
         if want_gpu:
             with_gpu = [w for w in client.scheduler_info()["workers"].values() if w.get("resources", {}).get("GPU")]
             if not with_gpu:
