@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -32,8 +33,6 @@ sys.path.insert(0, str(REPO / "lib"))
 
 def step_ms(steps: int, warmup: int = 3) -> dict:
     """Median ms of ``steps`` training steps of the §5.1 model in the calling process, one torch thread."""
-    import os
-
     import torch
 
     sys.path.insert(0, str(REPO / "lib"))
@@ -72,12 +71,13 @@ def main(argv=None) -> int:
     from inversion.pipeline import engine
     from inversion.provenance import provenance
 
+    at_start = os.environ.get("MALLOC_TRIM_THRESHOLD_")  # what this process's malloc was set up with
     default_env = dask.config.get("distributed.nanny.pre-spawn-environ")
     with dask.config.set({"distributed.nanny.pre-spawn-environ": default_env}):
         plain = Client(LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit=0,
                                     dashboard_address=None))
     fixed = engine.connect(None, "cpu", workers=1, threads=1)
-    variants = {"this process (no Dask)": lambda: step_ms(args.steps),
+    variants = {"this process (no Dask)": lambda: dict(step_ms(args.steps), malloc_trim=at_start),
                 "Dask worker, nanny's default environment": lambda: plain.submit(step_ms, args.steps, pure=False).result(),
                 "Dask worker of engine.connect": lambda: fixed.submit(step_ms, args.steps, pure=False).result()}
     rows = {name: [] for name in variants}

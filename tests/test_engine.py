@@ -157,6 +157,13 @@ def test_workers_with_the_nannys_malloc_setting_are_warned_about():
             client = engine.connect(cluster.scheduler_address, "cpu", workers=0, threads=0)
         client.close()
     assert engine.WORKER_MALLOC_ENV not in engine.nanny_environ()
+    # the value the engine recognises as Dask's (left in this process's environment by such a cluster) is
+    # the installed distributed's default
+    import distributed
+    import yaml
+
+    defaults = yaml.safe_load((Path(distributed.__file__).parent / "distributed.yaml").read_text())
+    assert defaults["distributed"]["nanny"]["pre-spawn-environ"][engine.WORKER_MALLOC_ENV] == engine.DASK_MALLOC_DEFAULT
 
 
 def test_gpu_request_without_gpu_is_a_clear_error(capsys):

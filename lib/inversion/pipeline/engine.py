@@ -47,6 +47,7 @@ __all__ = ["Job", "RunReport", "StageFailed", "run_parallel", "connect", "run_st
 # each step then pays for fresh pages: a §5.1 training step took 1002 ms with it against 382 ms without
 # (one thread, AMD EPYC family 25; bench/dask_worker_step.py). The engine's workers start without it.
 WORKER_MALLOC_ENV = "MALLOC_TRIM_THRESHOLD_"
+DASK_MALLOC_DEFAULT = 65536  # its value there (distributed.yaml; tests/test_engine.py checks it)
 
 
 def nanny_environ() -> dict:
@@ -164,6 +165,11 @@ def connect(scheduler: str, device: str, workers: int, threads: int):
             raise ConfigError("--device cuda: torch sees no GPU on this machine; use --device cpu")
         workers = min(workers, torch.cuda.device_count())
         resources = {"GPU": 1}
+    # A nanny writes its pre-spawn environment into this process's os.environ before it spawns a worker, so
+    # a cluster started here earlier with Dask's default (a test, a bench) would pass the setting on through
+    # inheritance: drop that value too (a value of the user's own is kept)
+    if os.environ.get(WORKER_MALLOC_ENV) == str(DASK_MALLOC_DEFAULT):
+        del os.environ[WORKER_MALLOC_ENV]
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
                            dashboard_address=None, resources=resources,
                            env={"OMP_NUM_THREADS": str(threads or 1)})
