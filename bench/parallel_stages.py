@@ -1,6 +1,7 @@
 """Wall time of a plan run serially in one process vs on a local Dask cluster of N worker processes.
 
     python bench/parallel_stages.py --params quick --only dynamics --workers 2
+    python bench/parallel_stages.py --params bench/parallel_stages-workers-short.yaml --only layers:fashion_mnist
 
 Each variant computes the same stages from an empty cache (a fresh temporary directory), one variant after
 the other, with nothing else running:
@@ -52,7 +53,8 @@ def main() -> None:
     serial = rows[0]["wall_s"]
     for row in rows:
         row["speedup_vs_serial"] = round(serial / row["wall_s"], 2)
-    tag = f"{args.params}-{'-'.join(o.replace(':', '_') for o in args.only)}"
+    name = Path(args.params).stem.removeprefix("parallel_stages-") if args.params.endswith(".yaml") else args.params
+    tag = f"{name}-{'-'.join(o.replace(':', '_') for o in args.only)}"
     out = REPO / "bench" / "results" / f"parallel_stages-{tag}"
     info = dict(script="bench/parallel_stages.py", args=vars(args), cores=os.cpu_count(), rows=rows,
                 provenance=provenance("cpu"))
