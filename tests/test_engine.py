@@ -150,10 +150,10 @@ def test_workers_with_the_nannys_malloc_setting_are_warned_about():
     import dask
     from distributed import LocalCluster
 
-    slow = {"distributed.nanny.pre-spawn-environ": {engine.WORKER_MALLOC_ENV: 65536}}
+    slow = {"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, engine.WORKER_MALLOC_ENV: 65536}}
     with dask.config.set(slow), LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                                              dashboard_address=None) as cluster:
-        with pytest.warns(UserWarning, match="DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"):
+        with pytest.warns(UserWarning, match="""DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON='{"OMP_NUM_THREADS": 1"""):
             client = engine.connect(cluster.scheduler_address, "cpu", workers=0, threads=0)
         client.close()
     assert engine.WORKER_MALLOC_ENV not in engine.nanny_environ()

@@ -27,6 +27,7 @@ process (bench/results/dask_worker_step.md).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import warnings
@@ -40,7 +41,7 @@ from inversion.pipeline.params import Params
 from inversion.pipeline.schema import ConfigError
 
 __all__ = ["Job", "RunReport", "StageFailed", "run_parallel", "connect", "run_stage", "nanny_environ",
-           "WORKER_MALLOC_ENV"]
+           "WORKER_MALLOC_ENV", "DASK_MALLOC_DEFAULT"]
 
 # Dask's nanny sets this in every worker it spawns (``distributed.nanny.pre-spawn-environ``), so that glibc
 # hands freed memory back to the OS at once. PyTorch's CPU ops free and allocate large buffers every step, so
@@ -148,7 +149,7 @@ def connect(scheduler: str, device: str, workers: int, threads: int):
             warnings.warn(f"{len(slow)} of the {n} workers of {scheduler} run with {WORKER_MALLOC_ENV} set (Dask's "
                           "nanny default), which made CPU training steps 2.6x slower (bench/results/"
                           "dask_worker_step.md): start them with DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
-                          f"'{nanny_environ()}' in their environment", stacklevel=2)
+                          f"'{json.dumps(nanny_environ())}' in their environment", stacklevel=2)
         if want_gpu:
             with_gpu = [w for w in client.scheduler_info()["workers"].values() if w.get("resources", {}).get("GPU")]
             if not with_gpu:
