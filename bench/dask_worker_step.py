@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     import dask
     from distributed import Client, LocalCluster
 
+    from inversion.atomic import atomic_write_text
     from inversion.pipeline import engine
     from inversion.provenance import provenance
 
@@ -100,10 +101,8 @@ def main(argv=None) -> int:
     cmd = "python bench/dask_worker_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
     prov = provenance()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(dict(command=cmd.strip(), provenance=prov, steps=args.steps, rounds=args.rounds,
-                                   table=table), indent=1, default=str))
-    tmp.replace(args.out.with_suffix(".json"))
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(dict(
+        command=cmd.strip(), provenance=prov, steps=args.steps, rounds=args.rounds, table=table), indent=1, default=str))
     md = ["# A PixelCNN++ training step inside a Dask worker (1 thread, fp32, eager)", "",
           f"`{cmd.strip()}`, commit {prov.get('commit', '?')[:7]}{' (dirty)' if prov.get('dirty') else ''}, "
           f"{prov.get('date', '')}, {prov.get('device', '')}, torch {prov.get('torch', '')}", "",
@@ -111,9 +110,7 @@ def main(argv=None) -> int:
           f"ms per step over {args.steps} steps, the median over {args.rounds} interleaved rounds.", "",
           "| where | MALLOC_TRIM_THRESHOLD_ | ms/step | × this process |", "| --- | --- | ---: | ---: |"]
     md += [f"| {t['variant']} | {t['malloc_trim'] or 'unset'} | {t['ms']:.0f} | {t['x_plain']:.2f} |" for t in table]
-    tmp = args.out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md) + "\n")
-    tmp.replace(args.out.with_suffix(".md"))
+    atomic_write_text(args.out.with_suffix(".md"), "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

@@ -144,7 +144,7 @@ def stage_seconds(result) -> float:
     ``metrics.train_seconds`` across sessions (the checkpoint carries it), which leaves out only each earlier
     session's start-up (compile, data)."""
     wall = float(result.provenance.get("wall_s") or 0.0)
-    trained = result.metrics.get("train_seconds") if isinstance(result.metrics, Mapping) else None
+    trained = result.metrics.get("train_seconds")
     return max(wall, float(trained)) if isinstance(trained, (int, float)) else wall
 
 

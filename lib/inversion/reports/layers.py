@@ -17,8 +17,8 @@ import numpy as np
 
 from inversion import paper
 from inversion.bounds import paired_difference
-from inversion.reports.common import FIGURE_WIDTH_IN, Claim, Difference, Estimate, Power, dataset_label, decide, \
-    image_grid, layer_label, share_stderr, undecided_why
+from inversion.reports.common import FIGURE_WIDTH_IN, MARGIN, Claim, Difference, Estimate, Power, dataset_label, \
+    decide, image_grid, layer_label, share_stderr, undecided_why
 
 
 def figure1(inputs: np.ndarray, layers: Mapping[str, tuple[np.ndarray, np.ndarray]], n_samples: int = 3,
@@ -289,6 +289,26 @@ def _steps_verdict(steps: Sequence[LayerStep]) -> tuple[bool | None, str | None]
         f"{2 * t.stderr:.1f} nats or more would have been decided)" for t in inside)
 
 
+def _table1_verdict(layers: Sequence[str], want: Sequence[str], got: Sequence[str],
+                    gaps: Sequence[Estimate]) -> tuple[bool | None, str | None]:
+    """Each layer's side of 1NN (``want``: the paper's "<" closer or ">" farther; ``got``: this run's means)
+    decided by its paired gap sample − 1NN: every layer on the paper's side beyond ``MARGIN`` s.e.:
+    reproduced; any on the other side beyond it: contradicted; otherwise undecided, naming the layers inside
+    their noise."""
+    outcomes = [decide(Difference(g.value, g.stderr), -1 if w == "<" else +1) for g, w in zip(gaps, want)]
+    if all(o is True for o in outcomes):
+        return True, None
+    wrong = [(l, side) for l, side, o in zip(layers, got, outcomes) if o is False]
+    if wrong:
+        why = f"the other side of 1NN beyond the noise at {', '.join(layer_label(l) for l, _ in wrong)}"
+        if all(side == ">" for _, side in wrong):
+            why += ": samples of an inversion model that uses h less than the paper's land farther from h"
+        return False, why
+    return None, "inside the noise at " + ", ".join(
+        f"{layer_label(l)} ({Difference(g.value, g.stderr).pm()}: a gap of {MARGIN * g.stderr:.2g} or more "
+        "would have been decided)" for l, g, o in zip(layers, gaps, outcomes) if o is None)
+
+
 def _biggest_drop_verdict(steps: Sequence[LayerStep]) -> tuple[bool | None, str | None]:
     """Is CONV1 → CONV2 (the first step) the biggest drop? Each other step against it, with the noise of
     the two steps' difference taken as independent (an overestimate when they share a layer's NCE)."""
@@ -343,18 +363,7 @@ def layer_claims(s: LayerSummary) -> list[Claim]:
         want = ["<" if getattr(ptab[l], key) < ptab[l].nn1 else ">" for l in t1]
         got = ["<" if getattr(s.table1[l], key) < s.table1[l].nn1 else ">" for l in t1]
         gaps = [getattr(s.table1[l], f"{key}_minus_nn1") for l in t1]
-        outcomes = [decide(Difference(g.value, g.stderr), -1 if w == "<" else +1) for g, w in zip(gaps, want)]
-        ok = True if all(o is True for o in outcomes) else False if False in outcomes else None
-        wrong = [l for l, o in zip(t1, outcomes) if o is False]
-        inside = [(l, g) for l, g, o in zip(t1, gaps, outcomes) if o is None]
-        if ok is False:
-            why = f"the other side of 1NN beyond the noise at {', '.join(layer_label(l) for l in wrong)}"
-            if all(got[t1.index(l)] == ">" for l in wrong):
-                why += ": samples of an inversion model that uses h less than the paper's land farther from h"
-        else:
-            why = None if ok else "inside the noise at " + ", ".join(
-                f"{layer_label(l)} ({Difference(g.value, g.stderr).pm()}: a gap of {2 * g.stderr:.2g} or more "
-                "would have been decided)" for l, g in inside)
+        ok, why = _table1_verdict(t1, want, got, gaps)
         out.append(Claim(
             claim=f"{D}: {name} vs the nearest training image, in representation space (Table 1)",
             paper=_table1_pattern(t1, want) + source,
