@@ -20,6 +20,7 @@ other cluster classes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -56,7 +57,7 @@ def make_cluster(args):
         raise SystemExit("--cache (or $INVERSION_CACHE): the stage cache's root on a file system all nodes share")
     # what the nanny gives the worker: its default less MALLOC_TRIM_THRESHOLD_, which slows CPU training 2.6x
     # (engine.py), and the job's cores for torch (the nanny's default of one thread would override the export)
-    environ = repr({**nanny_environ(), "OMP_NUM_THREADS": args.cores}).replace("'", '"')
+    environ = json.dumps({**nanny_environ(), "OMP_NUM_THREADS": args.cores})
     prologue = [f"export INVERSION_CACHE={args.cache}", f"export OMP_NUM_THREADS={args.cores}",
                 f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON='{environ}'", f"cd {REPO}"]
     return SLURMCluster(
